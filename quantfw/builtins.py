@@ -1,0 +1,74 @@
+"""Built-in components, registered through the same hooks as third-party plugins.
+
+* frontend ``graph``: QuantGraph objects and ``.qgraph`` files, run by the numpy interpreter;
+* calibrate algorithms ``minmax``, ``moving_average``, ``percentile``, ``entropy``, ``mse``;
+* round algorithm ``nearest``;
+* the target specs shipped in ``quantfw/targets/`` (``generic``: simulation only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from .components import AlgorithmInfo, FrontendInfo, Stage
+from .hookspecs import hookimpl
+
+_CALIBRATORS = {
+    "minmax": "running min and max of each tensor",
+    "moving_average": "exponential moving average of per-batch min and max",
+    "percentile": "clip to a percentile of |x| (option percentile=99.99)",
+    "entropy": "TensorRT-style KL-divergence threshold search over a histogram",
+    "mse": "clipping range minimising the expected squared quantization error",
+}
+
+
+def _graph_frontend():
+    from .graph_frontend import GraphFrontend
+
+    return GraphFrontend()
+
+
+def _calibration(method: str, **options):
+    from .algorithms.calibrate import ObserverCalibration
+
+    return ObserverCalibration(method, **options)
+
+
+def _nearest():
+    from .algorithms.rounding import NearestRounding
+
+    return NearestRounding()
+
+
+@hookimpl
+def quantfw_register_frontends(register: Callable[[FrontendInfo], None]) -> None:
+    register(
+        FrontendInfo(
+            "graph",
+            _graph_frontend,
+            suffixes=(".qgraph",),
+            description="QuantGraph objects and .qgraph files, run in numpy",
+        )
+    )
+
+
+@hookimpl
+def quantfw_register_algorithms(register: Callable[[AlgorithmInfo], None]) -> None:
+    for name, text in _CALIBRATORS.items():
+        register(
+            AlgorithmInfo(name, Stage.CALIBRATE, partial(_calibration, name), description=text)
+        )
+    register(
+        AlgorithmInfo(
+            "nearest", Stage.ROUND, _nearest, description="round to nearest, half to even"
+        )
+    )
+
+
+@hookimpl
+def quantfw_register_targets(register: Callable[[object], None]) -> None:
+    from .target import builtin_target_paths
+
+    for path in builtin_target_paths():
+        register(path)

@@ -1,0 +1,301 @@
+"""The ``quantfw`` command line.
+
+Heavy work is imported inside each command so that ``quantfw --help`` stays instant and loads no
+deep-learning framework.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+
+__all__ = ["main"]
+
+
+def _parse_algorithm(text: str) -> tuple[str, dict[str, Any]]:
+    """``name`` or ``name:key=value,key=value`` (values parsed as JSON where they parse)."""
+    name, _, rest = text.partition(":")
+    options: dict[str, Any] = {}
+    for part in filter(None, rest.split(",")):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise click.BadParameter(
+                f"{text!r}: option {part!r} needs key=value", param_hint="--algorithm"
+            )
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return name.strip(), options
+
+
+def _registry(strict: bool = True):
+    from .plugins import get_registry
+
+    return get_registry(strict=strict)
+
+
+def _fail(exc: Exception) -> None:
+    raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="quantfw")
+@click.option(
+    "--disable-plugin",
+    "disabled",
+    multiple=True,
+    metavar="NAME",
+    help="Do not load this plugin (entry-point or distribution name); repeatable. "
+    "Also: QUANTFW_DISABLE_PLUGINS=a,b.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only errors; no progress bars.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.pass_context
+def cli(ctx: click.Context, disabled: tuple[str, ...], quiet: bool, verbose: bool) -> None:
+    """Quantize trained networks and deliver them to real hardware targets."""
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"quiet": quiet, "verbose": verbose}
+    if disabled:
+        from .plugins import get_plugin_manager
+
+        get_plugin_manager(disabled=disabled)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=True, path_type=Path))
+@click.option(
+    "-t",
+    "--target",
+    default="generic",
+    show_default=True,
+    help="Target name (see `quantfw targets`).",
+)
+@click.option(
+    "--calib", "calib", help="Calibration data: file.npz, a folder of .npy, or module:function."
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Where the backend writes the artifact."
+)
+@click.option(
+    "-a",
+    "--algorithm",
+    "algorithms",
+    multiple=True,
+    metavar="NAME[:k=v,...]",
+    help="Algorithm to run (repeatable), e.g. percentile:percentile=99.9.",
+)
+@click.option(
+    "--recipe-out",
+    type=click.Path(path_type=Path),
+    help="Save the recipe (NAME.json + NAME.safetensors).",
+)
+@click.option(
+    "--ignore",
+    multiple=True,
+    metavar="PATTERN",
+    help="Keep nodes matching this name/glob in float.",
+)
+@click.option(
+    "--ignore-op", multiple=True, metavar="KIND", help="Keep every node of this op kind in float."
+)
+@click.option(
+    "--weight-bits", type=int, help="Integer weight bits for every quantized layer (8, 4, 3, 2)."
+)
+@click.option("--dynamic", is_flag=True, help="Quantize activations dynamically at run time.")
+@click.option(
+    "--overrides",
+    "overrides_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="JSON file of planner overrides (see quantfw.planner.Overrides).",
+)
+@click.option("--batch-size", default=32, show_default=True, help="Calibration batch size.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def quantize(
+    ctx: click.Context,
+    model: Path,
+    target: str,
+    calib: str | None,
+    output: Path | None,
+    algorithms: tuple[str, ...],
+    recipe_out: Path | None,
+    ignore: tuple[str, ...],
+    ignore_op: tuple[str, ...],
+    weight_bits: int | None,
+    dynamic: bool,
+    overrides_file: Path | None,
+    batch_size: int,
+    as_json: bool,
+) -> None:
+    """Quantize MODEL for a target and write its recipe and artifact."""
+    from .calibration import CalibrationFile
+    from .fileio import check_not_input
+    from .pipeline import quantize as run
+
+    try:
+        overrides: dict[str, Any] = {}
+        if overrides_file is not None:
+            overrides = json.loads(overrides_file.read_text(encoding="utf-8"))
+            if not isinstance(overrides, dict):
+                raise ValueError(f"{overrides_file}: overrides must be a JSON object")
+        if ignore:
+            overrides["ignore_patterns"] = list(overrides.get("ignore_patterns", [])) + list(ignore)
+        if ignore_op:
+            overrides["ignore_ops"] = list(overrides.get("ignore_ops", [])) + list(ignore_op)
+        if weight_bits is not None:
+            overrides["weight"] = {**overrides.get("weight", {}), "bits": weight_bits}
+        if dynamic:
+            overrides["dynamic"] = True
+        registry = _registry()
+        fe_info = registry.frontend_for(model)
+        model_obj = registry.frontend_object(fe_info.name).load(model)
+        if output is not None:
+            check_not_input(output, [model])
+        data = CalibrationFile(calib) if calib is not None else None
+        result = run(
+            model_obj,
+            data,
+            target=target,
+            algorithms=[_parse_algorithm(a) for a in algorithms],
+            overrides=overrides or None,
+            output=output,
+            frontend=fe_info.name,
+            batch_size=batch_size,
+            registry=registry,
+            progress=not ctx.obj["quiet"] and not as_json,
+        )
+        saved = result.recipe.save(recipe_out) if recipe_out is not None else None
+    except (ValueError, TypeError, LookupError, RuntimeError, OSError) as exc:
+        _fail(exc)
+        return
+    if as_json:
+        doc = result.summary.to_dict()
+        doc["recipe"] = [str(p) for p in saved] if saved else None
+        click.echo(json.dumps(doc, indent=1))
+    else:
+        click.echo(result.summary.to_text(max_tensors=20 if ctx.obj["verbose"] else 0))
+        if saved:
+            click.echo(f"recipe: {saved[0]} + {saved[1].name}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List plugins: name, version, status (loaded / failed / blocked) and what each registers."""
+    registry = _registry(strict=False)
+    reports = [r.to_dict() for r in registry.plugins]
+    conflicts = [c.to_dict() for c in getattr(registry, "conflicts", [])]
+    if as_json:
+        click.echo(json.dumps({"plugins": reports, "conflicts": conflicts}, indent=1))
+        return
+    for r in reports:
+        version = f" {r['version']}" if r.get("version") else ""
+        dist = f" ({r['distribution']}{version})" if r.get("distribution") else ""
+        line = f"{r['name']}{dist}: {r['status']}"
+        if r.get("reason"):
+            line += f" — {r['reason']}"
+        click.echo(line)
+        for kind, names in (r.get("registers") or {}).items():
+            if names:
+                click.echo(f"    {kind}: {', '.join(names)}")
+    for c in getattr(registry, "conflicts", []):
+        click.echo(f"error: {c.message()}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def targets(as_json: bool) -> None:
+    """List targets and whether this machine can run them."""
+    registry = _registry()
+    rows = []
+    for name, spec in sorted(registry.targets.items()):
+        ok, why = spec.availability()
+        backends = [b.name for b in registry.backends_for(name)]
+        rows.append(
+            {
+                "name": name,
+                "description": spec.description,
+                "available": ok,
+                "reason": why,
+                "backends": backends,
+                "origin": registry.origin("target", name),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        state = "available" if r["available"] else f"not runnable here: {r['reason']}"
+        backends = ", ".join(r["backends"]) or "none (simulation only)"
+        click.echo(f"{r['name']:<14} {r['description']}\n{'':<14} {state}; backends: {backends}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def algorithms(as_json: bool) -> None:
+    """List algorithms by stage, with availability."""
+    from .components import STAGE_ORDER
+
+    registry = _registry()
+    rows = []
+    for stage in STAGE_ORDER:
+        for name, info in sorted(registry.algorithms.items()):
+            if info.stage is stage:
+                ok, why = info.availability()
+                rows.append(
+                    {
+                        "name": name,
+                        "stage": stage.value,
+                        "available": ok,
+                        "reason": why,
+                        "frontends": list(info.frontends),
+                        "description": info.description,
+                        "origin": registry.origin("algorithm", name),
+                    }
+                )
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        state = "" if r["available"] else f"  [unavailable: {r['reason']}]"
+        click.echo(f"{r['stage']:<10} {r['name']:<16} {r['description']}{state}")
+
+
+@cli.command()
+@click.option("--calibrator", default="minmax", show_default=True, help="Calibrate algorithm.")
+@click.option("--seed", default=0, show_default=True)
+def demo(calibrator: str, seed: int) -> None:
+    """Train a digits classifier in numpy and quantize it to every weight format (needs scikit-learn)."""
+    from .demo import format_rows, run_demo
+
+    try:
+        rows = run_demo(seed=seed, calibrator=calibrator)
+    except (RuntimeError, ValueError, LookupError) as exc:
+        _fail(exc)
+        return
+    click.echo(
+        "digits MLP (64-64-10), scikit-learn digits, 30% held out; target generic (simulated)"
+    )
+    click.echo(format_rows(rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    try:
+        cli.main(args=argv, prog_name="quantfw", standalone_mode=True)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

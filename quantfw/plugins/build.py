@@ -1,0 +1,181 @@
+"""Build a :class:`~quantfw.plugins.Registry` by calling each plugin's registration hooks.
+
+Each plugin's hook implementation is called on its own, so every component is attributed to the
+plugin that registered it, and a plugin whose hook raises (or registers something malformed) is
+reported as failed with none of its components kept, while the other plugins still count.
+Building never changes the plugin manager.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from ..components import AlgorithmInfo, BackendInfo, FrontendInfo
+from .errors import PluginError
+from .manager import QuantfwPluginManager
+from .registry import Registry
+from .reports import KINDS, Conflict, PluginReport, exception_reason
+
+__all__ = ["REGISTRATION_HOOKS", "build_registry", "coerce_registration"]
+
+logger = logging.getLogger("quantfw.plugins")
+
+#: Component kind → the hook that registers it.
+REGISTRATION_HOOKS: dict[str, str] = {
+    "frontend": "quantfw_register_frontends",
+    "algorithm": "quantfw_register_algorithms",
+    "target": "quantfw_register_targets",
+    "backend": "quantfw_register_backends",
+}
+
+_INFO_TYPES: dict[str, type] = {
+    "frontend": FrontendInfo,
+    "algorithm": AlgorithmInfo,
+    "backend": BackendInfo,
+}
+
+
+def coerce_registration(kind: str, obj: Any) -> Any:
+    """Check one object passed to a ``register`` callback and return the registration.
+
+    Frontends, algorithms and backends must be their ``*Info`` dataclasses; a target is a
+    :class:`~quantfw.target.TargetSpec` or the absolute path of a target TOML file (loaded here).
+
+    :raises TypeError: wrong type.
+    :raises ValueError: a relative target path, or an invalid target file
+        (:class:`~quantfw.target.TargetSpecError`).
+    """
+    if kind != "target":
+        expected = _INFO_TYPES[kind]
+        if not isinstance(obj, expected):
+            raise TypeError(
+                f"register() for {kind}s takes a quantfw.components.{expected.__name__}, "
+                f"not {type(obj).__name__} ({obj!r:.80})"
+            )
+        return obj
+    from ..target import TargetSpec, load_target
+
+    if isinstance(obj, TargetSpec):
+        return obj
+    if isinstance(obj, (str, os.PathLike)):
+        path = Path(obj)
+        if not path.is_absolute():
+            raise ValueError(
+                f"target file path {os.fspath(obj)!r} is relative; register an absolute path, "
+                "e.g. Path(__file__).with_name('my_target.toml')"
+            )
+        return load_target(path)
+    raise TypeError(
+        "register() for targets takes a quantfw.target.TargetSpec or the path of a target TOML "
+        f"file, not {type(obj).__name__} ({obj!r:.80})"
+    )
+
+
+def _call_registration(kind: str, impl: pluggy.HookImpl) -> list[Any]:
+    hook = REGISTRATION_HOOKS[kind]
+    if impl.wrapper or impl.hookwrapper:
+        raise PluginError(f"{hook} is a wrapper; registration hooks must be plain functions")
+    items: list[Any] = []
+    errors: list[Exception] = []
+
+    def register(obj: Any) -> None:
+        try:
+            items.append(coerce_registration(kind, obj))
+        except Exception as exc:
+            errors.append(exc)
+            raise
+
+    args = {"register": register}
+    result = impl.function(*(args[a] for a in impl.argnames))
+    if errors:  # the plugin caught the error itself; it still counts
+        raise errors[0]
+    if result is not None:
+        raise PluginError(
+            f"{hook} returned {type(result).__name__}; call register(...) for each {kind} "
+            "instead of returning them"
+        )
+    return items
+
+
+def build_registry(pm: QuantfwPluginManager, *, strict: bool = True) -> Registry:
+    """Call every plugin's registration hooks and collect the components.
+
+    Components are taken in pluggy's call order.  When two registrations share a kind and name,
+    the first is kept and the clash recorded in ``registry.conflicts``.
+
+    :param pm: the plugin manager to read (see :func:`~quantfw.plugins.make_plugin_manager`).
+    :param strict: raise :class:`~quantfw.plugins.DuplicateComponentError` on clashes; its
+        ``registry`` attribute still holds the registry, for listings.
+    """
+    reports: dict[str, PluginReport] = {}
+    for name, report in pm.load_reports.items():
+        if report.status == "loaded" and pm.get_plugin(name) is None:
+            continue  # unregistered since it was loaded
+        reports[name] = replace(report, registers={}, hooks=[])
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        report = reports.setdefault(name, PluginReport(name, *pm.origin(name)))
+        report.hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
+        problems = pm.hook_problems(plugin)
+        if problems:
+            report.status, report.reason = "failed", "; ".join(problems)
+
+    collected: dict[str, list[tuple[str, list[Any]]]] = {kind: [] for kind in KINDS}
+    for kind in KINDS:
+        caller = getattr(pm.hook, REGISTRATION_HOOKS[kind])
+        for impl in reversed(caller.get_hookimpls()):  # pluggy's call order
+            report = reports[impl.plugin_name]
+            if report.status != "loaded":
+                continue
+            try:
+                items = _call_registration(kind, impl)
+            except Exception as exc:
+                report.status = "failed"
+                report.reason = f"{REGISTRATION_HOOKS[kind]}: {exception_reason(exc)}"
+                logger.warning(
+                    "quantfw %s failed to register its components: %s",
+                    report.describe(),
+                    report.reason,
+                )
+                continue
+            collected[kind].append((impl.plugin_name, items))
+
+    tables: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
+    origins: dict[tuple[str, str], str] = {}
+    conflicts: list[Conflict] = []
+    for kind in KINDS:
+        for plugin_name, items in collected[kind]:
+            report = reports[plugin_name]
+            if report.status != "loaded":
+                continue  # failed in a later hook: keep none of its components
+            for item in items:
+                report.registers.setdefault(kind, []).append(item.name)
+                first = origins.get((kind, item.name))
+                if first is not None:
+                    conflicts.append(Conflict(kind, item.name, reports[first], report))
+                    continue
+                tables[kind][item.name] = item
+                origins[(kind, item.name)] = plugin_name
+
+    registry = Registry(
+        frontends=tables["frontend"],
+        algorithms=tables["algorithm"],
+        targets=tables["target"],
+        backends=tables["backend"],
+        origins=origins,
+        plugins=list(reports.values()),
+        conflicts=conflicts,
+        plugin_manager=pm,
+    )
+    for conflict in conflicts:
+        logger.warning("quantfw: %s", conflict.message())
+    if strict:
+        registry.check()
+    return registry

@@ -1,0 +1,119 @@
+"""Plain data describing what the plugin system found: per plugin, per clash, per component."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = [
+    "KINDS",
+    "PluginStatus",
+    "PluginReport",
+    "Conflict",
+    "ComponentStatus",
+    "canonical_name",
+    "describe_plugin",
+    "exception_reason",
+]
+
+#: Component kinds, in the order they are registered and listed.
+KINDS: tuple[str, ...] = ("frontend", "algorithm", "target", "backend")
+
+PluginStatus = Literal["loaded", "failed", "blocked"]
+
+
+def canonical_name(name: str) -> str:
+    """Normalise a plugin or distribution name for comparison (PEP 503 style)."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def describe_plugin(name: str, distribution: str = "", version: str = "") -> str:
+    """``plugin 'x' (distribution quantfw-x 1.0)`` for messages."""
+    if not distribution:
+        return f"plugin {name!r}"
+    dist = f"{distribution} {version}".strip()
+    return f"plugin {name!r} (distribution {dist})"
+
+
+def exception_reason(exc: BaseException) -> str:
+    """``"TypeName: message"`` on one line, for reports and listings."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class PluginReport:
+    """What happened to one plugin.
+
+    :param name: the plugin's name: its entry-point name, or the module name of a built-in.
+    :param distribution: the installed distribution that provides it (``""`` when registered
+        in-process without one).
+    :param version: that distribution's version.
+    :param status: ``"loaded"``, ``"failed"`` (see ``reason``) or ``"blocked"`` (disabled by the
+        user; its module was never imported).
+    :param reason: why it failed or was blocked; ``""`` when loaded.
+    :param registers: component kind → names it registered.
+    :param hooks: the quantfw hooks it implements.
+    """
+
+    name: str
+    distribution: str = ""
+    version: str = ""
+    status: PluginStatus = "loaded"
+    reason: str = ""
+    registers: dict[str, list[str]] = field(default_factory=dict)
+    hooks: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return describe_plugin(self.name, self.distribution, self.version)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``quantfw plugins --json``)."""
+        data = asdict(self)
+        data["registers"] = {kind: list(names) for kind, names in self.registers.items()}
+        return data
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """One component name registered twice.  The first registration is the one kept."""
+
+    kind: str
+    name: str
+    first: PluginReport
+    second: PluginReport
+
+    def message(self) -> str:
+        if self.first.name == self.second.name:
+            return f"{self.kind} {self.name!r} is registered twice by {self.first.describe()}"
+        return (
+            f"{self.kind} {self.name!r} is registered by two plugins: {self.first.describe()} "
+            f"and {self.second.describe()}; uninstall one of them, or disable one with "
+            f"QUANTFW_DISABLE_PLUGINS={self.second.name}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "plugins": [self.first.name, self.second.name],
+            "distributions": [self.first.distribution, self.second.distribution],
+            "message": self.message(),
+        }
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    """One registered component, for listings: where it comes from and whether it works here."""
+
+    kind: str
+    name: str
+    plugin: str
+    distribution: str
+    available: bool
+    reason: str = ""
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

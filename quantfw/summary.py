@@ -1,0 +1,126 @@
+"""A human- and machine-readable account of one quantization run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Summary"]
+
+
+@dataclass
+class Summary:
+    """What was quantized, what stayed float and why, with which algorithms, and what was written.
+
+    :ivar target: target name.
+    :ivar frontend: frontend name.
+    :ivar nodes: ``{"quantized": n, "float": n}``.
+    :ivar float_reasons: reason → node names kept in float for it.
+    :ivar tensors: one row per quantized tensor (name, role, dtype, granularity, scale range).
+    :ivar algorithms: stage → algorithm names.
+    :ivar calibration_samples: samples seen by the calibrate stage (``None``: no data).
+    :ivar timings: ``"stage:algorithm"`` → seconds.
+    :ivar backend: what the backend did, or why there is no artifact.
+    :ivar warnings: from planning (e.g. an override pattern that matched nothing).
+    """
+
+    target: str
+    frontend: str
+    nodes: dict[str, int]
+    float_reasons: dict[str, list[str]]
+    tensors: list[dict[str, Any]]
+    algorithms: dict[str, list[str]]
+    calibration_samples: int | None
+    timings: dict[str, float]
+    backend: str
+    artifact: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    total_seconds: float = 0.0
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        graph,
+        plan,
+        recipe,
+        target,
+        frontend,
+        timings,
+        backend_note,
+        artifact,
+        total_seconds,
+    ) -> Summary:
+        quantized = [d for d in plan.decisions if d.quantized]
+        reasons: dict[str, list[str]] = {}
+        for d in plan.decisions:
+            if not d.quantized:
+                reasons.setdefault(d.reason, []).append(d.node)
+        rows = []
+        for name, t in recipe.tensors.items():
+            row: dict[str, Any] = {
+                "tensor": name,
+                "role": t.role,
+                "dtype": t.spec.dtype,
+                "granularity": t.spec.granularity.value,
+                "symmetric": t.spec.symmetric,
+                "dynamic": t.spec.dynamic,
+            }
+            if t.params is not None:
+                row["scale_min"] = float(np.min(t.params.scale))
+                row["scale_max"] = float(np.max(t.params.scale))
+            rows.append(row)
+        return cls(
+            target=target.name,
+            frontend=frontend,
+            nodes={"quantized": len(quantized), "float": len(plan.decisions) - len(quantized)},
+            float_reasons=reasons,
+            tensors=rows,
+            algorithms=dict(recipe.provenance.get("algorithms", {})),
+            calibration_samples=recipe.provenance.get("calibration_samples"),
+            timings=timings,
+            backend=backend_note,
+            artifact=None if artifact is None else str(artifact.path),
+            warnings=list(plan.warnings),
+            total_seconds=total_seconds,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    def to_text(self, max_tensors: int = 0) -> str:
+        """A short report; ``max_tensors`` > 0 also lists that many tensor rows."""
+        lines = [
+            f"target {self.target} via frontend {self.frontend}: "
+            f"{self.nodes['quantized']} node(s) quantized, {self.nodes['float']} kept in float",
+            "algorithms: " + "; ".join(f"{s}={','.join(a)}" for s, a in self.algorithms.items()),
+        ]
+        if self.calibration_samples is not None:
+            lines.append(f"calibration samples: {self.calibration_samples}")
+        for reason, nodes in self.float_reasons.items():
+            shown = ", ".join(nodes[:6]) + (f" (+{len(nodes) - 6} more)" if len(nodes) > 6 else "")
+            lines.append(f"float: {reason}: {shown}")
+        roles: dict[str, int] = {}
+        for row in self.tensors:
+            roles[row["role"]] = roles.get(row["role"], 0) + 1
+        lines.append("quantized tensors: " + ", ".join(f"{n} {r}" for r, n in roles.items()))
+        for row in self.tensors[:max_tensors]:
+            scale = (
+                f"scale {row['scale_min']:.3g}..{row['scale_max']:.3g}"
+                if "scale_min" in row
+                else "dynamic"
+            )
+            lines.append(
+                f"  {row['tensor']} [{row['role']}] {row['dtype']} {row['granularity']} {scale}"
+            )
+        lines.extend(f"warning: {w}" for w in self.warnings)
+        lines.append(f"backend: {self.backend}")
+        lines.append(f"time: {self.total_seconds:.2f} s")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()

@@ -1,0 +1,234 @@
+"""quantfw.quantize end to end on real data, checked against independent computations."""
+
+import numpy as np
+import pytest
+
+import quantfw
+from quantfw import AlgorithmInfo, BackendInfo, Node, QuantGraph, Stage
+from quantfw.components import Artifact
+from quantfw.demo import digits_split, train_digits_mlp
+from quantfw.numerics import dequantize, fake_quantize, quantize
+from quantfw.plugins import make_plugin_manager, use_plugin_manager
+from quantfw.target import TargetSpec
+
+
+@pytest.fixture(scope="module")
+def digits():
+    x_tr, y_tr, x_te, y_te = digits_split(0)
+    return train_digits_mlp(x_tr, y_tr, steps=300), x_tr, x_te, y_te
+
+
+def _acc(fn, x, y):
+    return float((fn({"pixels": x})["logits"].argmax(1) == y).mean())
+
+
+def test_int8_digits_keeps_accuracy(digits):
+    graph, x_tr, x_te, y_te = digits
+    float_acc = _acc(lambda b: quantfw.interpreter.run_graph(graph, b), x_te, y_te)
+    assert float_acc > 0.93  # the model really learned something
+    res = quantfw.quantize(graph, x_tr[:128], target="generic")
+    q_acc = _acc(res.simulate(), x_te, y_te)
+    assert abs(q_acc - float_acc) <= 0.01
+    assert res.recipe.provenance["calibration_samples"] == 128
+    assert res.summary.nodes == {"quantized": 3, "float": 0} or res.summary.nodes["quantized"] >= 2
+
+
+def test_simulation_equals_hand_computed_reference(digits):
+    """The simulated model is exactly: fq(x) -> fq(W1) -> +fq_int32(b1) -> relu -> fq -> fq(W2) ..."""
+    graph, x_tr, x_te, _ = digits
+    res = quantfw.quantize(graph, x_tr[:64], target="generic")
+    r = res.recipe.tensors
+
+    def fq(name, v):
+        return fake_quantize(v, r[name].params, r[name].spec) if name in r else v
+
+    init = graph.initializers
+    x = x_te[:32]
+    h = fq("pixels", x) @ fq("fc1.weight", init["fc1.weight"]).T + fq("fc1.bias", init["fc1.bias"])
+    a = fq("relu1_out", fq("fc1_out", np.maximum(h, 0)) if "fc1_out" in r else np.maximum(h, 0))
+    y = a @ fq("fc2.weight", init["fc2.weight"]).T + fq("fc2.bias", init["fc2.bias"])
+    y = fq("logits", y)
+    got = res.simulate()({"pixels": x})["logits"]
+    np.testing.assert_allclose(got, y, rtol=1e-5, atol=1e-5)
+
+    # int32 bias: scale = s_x * s_w per output channel, zero point 0
+    b = r["fc1.bias"]
+    assert b.spec.dtype == "int32"
+    np.testing.assert_allclose(
+        b.params.scale, r["pixels"].params.scale * r["fc1.weight"].params.scale, rtol=1e-6
+    )
+    # weights: per output channel, symmetric, codes inside the narrow grid
+    w = r["fc1.weight"]
+    codes = quantize(init["fc1.weight"], w.params, w.spec)
+    assert w.params.scale.shape == (init["fc1.weight"].shape[0],)
+    assert codes.min() >= w.spec.qmin and codes.max() <= w.spec.qmax
+    assert np.all(np.abs(codes).max(axis=1) == w.spec.qmax)  # amax maps onto the top code
+    np.testing.assert_allclose(
+        dequantize(codes, w.params, w.spec), fq("fc1.weight", init["fc1.weight"])
+    )
+
+
+def _concat_graph():
+    rng = np.random.default_rng(3)
+    return QuantGraph(
+        [
+            Node("a", "linear", ["x"], ["ya"], weights={"weight": "wa"}),
+            Node("b", "linear", ["x"], ["yb"], weights={"weight": "wb"}),
+            Node("cat", "concat", ["ya", "yb"], ["c"], attrs={"axis": 1}),
+            Node("head", "linear", ["c"], ["out"], weights={"weight": "wh"}),
+        ],
+        ["x"],
+        ["out"],
+        {
+            "wa": rng.normal(size=(4, 6)).astype(np.float32),
+            "wb": 10 * rng.normal(size=(4, 6)).astype(np.float32),
+            "wh": rng.normal(size=(2, 8)).astype(np.float32),
+        },
+    )
+
+
+def test_shared_scale_group_gets_one_param_set():
+    g = _concat_graph()
+    x = np.random.default_rng(0).normal(size=(50, 6)).astype(np.float32)
+    res = quantfw.quantize(g, x, algorithms=["mse"])
+    r = res.recipe.tensors
+    assert r["ya"].params == r["yb"].params == r["c"].params
+    assert r["ya"].share_group is not None and r["ya"].share_group == r["c"].share_group
+    # the group's range covers the widest branch (b is 10x wider than a)
+    yb = x @ g.initializers["wb"].T
+    span = float(r["c"].params.scale) * 255
+    assert span >= 0.5 * (yb.max() - min(yb.min(), 0))
+
+
+@pytest.mark.parametrize("method", ["minmax", "moving_average", "percentile", "entropy", "mse"])
+def test_every_calibrator_runs_and_stays_close(digits, method):
+    graph, x_tr, x_te, y_te = digits
+    res = quantfw.quantize(graph, x_tr[:128], algorithms=[method])
+    float_out = quantfw.interpreter.run_graph(graph, {"pixels": x_te})["logits"]
+    sim = res.simulate()({"pixels": x_te})["logits"]
+    agree = float((float_out.argmax(1) == sim.argmax(1)).mean())
+    assert agree > 0.95, (method, agree)
+
+
+def test_dynamic_needs_no_calibration(digits):
+    graph, _, x_te, y_te = digits
+    res = quantfw.quantize(graph, None, overrides={"dynamic": True})
+    acts = res.recipe.of_role("activation")
+    assert acts and all(t.spec.dynamic and t.params is None for t in acts.values())
+    assert _acc(res.simulate(), x_te, y_te) > 0.9
+
+
+def test_pipeline_errors(digits):
+    graph, x_tr, _, _ = digits
+    with pytest.raises(ValueError, match="needs calibration data"):
+        quantfw.quantize(graph, None)
+    with pytest.raises(ValueError, match="choose one calibrate algorithm"):
+        quantfw.quantize(graph, x_tr[:8], algorithms=["minmax", "entropy"])
+    with pytest.raises(LookupError, match="entropyy"):
+        quantfw.quantize(graph, x_tr[:8], algorithms=["entropyy"])
+    with pytest.raises(LookupError, match="generic"):
+        quantfw.quantize(graph, x_tr[:8], target="genric")
+    with pytest.raises(RuntimeError, match="no backend"):
+        quantfw.quantize(graph, x_tr[:8], output="out.bin")
+    with pytest.raises(TypeError, match="name or a \\(name, options\\)"):
+        quantfw.quantize(graph, x_tr[:8], algorithms=[42])
+
+
+class _Recorder:
+    def __init__(self):
+        self.events = []
+        self.progress = []
+
+    @quantfw.hookimpl
+    def quantfw_on_stage(self, event):
+        self.events.append((event.stage.value, event.phase, event.algorithm))
+
+    @quantfw.hookimpl
+    def quantfw_on_progress(self, task, done, total):
+        self.progress.append(done)
+
+
+class _NeedsMissing:
+    @quantfw.hookimpl
+    def quantfw_register_algorithms(self, register):
+        register(
+            AlgorithmInfo(
+                "needs-missing",
+                Stage.TRANSFORM,
+                lambda: None,
+                requires=("no_such_module_for_quantfw",),
+                install_hint="pip install x",
+            )
+        )
+
+
+class _ToyBackend:
+    """A third-party target + backend: writes integer weights to an .npz and runs them."""
+
+    @quantfw.hookimpl
+    def quantfw_register_targets(self, register):
+        register(
+            TargetSpec.from_dict(
+                {
+                    "name": "toy-int8",
+                    "description": "toy",
+                    "artifact": "npz",
+                    "weight": {"dtype": "int8", "granularity": "per_channel"},
+                    "activation": {"dtype": "uint8", "symmetric": False},
+                    "ops": {"quantize": ["linear"]},
+                },
+                source="toy",
+            )
+        )
+
+    @quantfw.hookimpl
+    def quantfw_register_backends(self, register):
+        register(BackendInfo("toy", ("toy-int8",), _ToyLowering, artifact_format="npz"))
+
+
+class _ToyLowering:
+    def lower(self, model, graph, recipe, output):
+        import io
+
+        from quantfw.fileio import atomic_write_bytes
+
+        buf = io.BytesIO()
+        codes = {
+            k: quantize(graph.initializers[k], t.params, t.spec)
+            for k, t in recipe.of_role("weight").items()
+        }
+        np.savez(buf, **codes)
+        atomic_write_bytes(output, buf.getvalue())
+        return Artifact(output, recipe.target, "npz", {"weights": sorted(codes)})
+
+    def run(self, artifact, inputs):
+        raise RuntimeError("toy backend cannot run")
+
+
+def test_events_plugins_and_backends(digits, tmp_path):
+    graph, x_tr, _, _ = digits
+    pm = make_plugin_manager(load_entrypoints=False)
+    rec = _Recorder()
+    pm.register(rec, name="recorder")
+    pm.register(_NeedsMissing(), name="needs-missing")
+    pm.register(_ToyBackend(), name="toy")
+    with use_plugin_manager(pm):
+        res = quantfw.quantize(graph, x_tr[:64], batch_size=16)
+        assert rec.events == [
+            ("calibrate", "started", "minmax"),
+            ("calibrate", "finished", "minmax"),
+            ("round", "started", "nearest"),
+            ("round", "finished", "nearest"),
+        ]
+        assert rec.progress == [1, 2, 3, 4]
+        with pytest.raises(Exception, match="no_such_module_for_quantfw"):
+            quantfw.quantize(graph, x_tr[:8], algorithms=["needs-missing"])
+        out = tmp_path / "model.npz"
+        res = quantfw.quantize(graph, x_tr[:32], target="toy-int8", output=out)
+        assert res.artifact.path == out and res.artifact.metadata["weights"] == [
+            "fc1.weight",
+            "fc2.weight",
+        ]
+        with np.load(out, allow_pickle=False) as data:
+            assert data["fc1.weight"].dtype == np.int8
+        assert "toy wrote" in res.summary.backend
