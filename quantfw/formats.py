@@ -91,6 +91,9 @@ def _float(name: str, dtype: type) -> FloatFormat:
 FORMATS: dict[str, NumberFormat] = {
     "int8": _int("int8", 8, True),
     "uint8": _int("uint8", 8, False),
+    # 7-bit signed weights for x86 CPUs without VNNI (ONNX Runtime's reduce_range): u8 x s7 pair
+    # sums fit the saturating int16 of VPMADDUBSW.
+    "int7": _int("int7", 7, True),
     "int4": _int("int4", 4, True),
     "uint4": _int("uint4", 4, False),
     "int3": _int("int3", 3, True),
@@ -142,7 +145,7 @@ def canonical_name(name: str) -> str:
 
 
 def int_format_for_bits(bits: int, signed: bool = True) -> IntFormat:
-    """The integer format with ``bits`` bits (2, 3, 4 or 8)."""
+    """The integer format with ``bits`` bits (2, 3, 4, 7 or 8)."""
     name = f"{'' if signed else 'u'}int{bits}"
     fmt = FORMATS.get(name)
     if not isinstance(fmt, IntFormat):

@@ -143,6 +143,10 @@ class QuantGraph:
     :param outputs: names of the tensors the model returns.
     :param initializers: constant tensors by name (numpy views where the frontend can).
     :param name: the model's name, for messages and provenance.
+    :param input_shapes: known input shapes (``None`` or a string for a free dimension).
+    :param source: a frontend-private handle on the model the graph was captured from (e.g. the
+        prepared ONNX model), for the same frontend's ``collect``/``simulate`` and its backends.
+        Never serialized.
     """
 
     nodes: list[Node]
@@ -151,6 +155,7 @@ class QuantGraph:
     initializers: dict[str, np.ndarray] = field(default_factory=dict)
     name: str = "model"
     input_shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
+    source: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -68,9 +68,7 @@ def _check_int_range(q: np.ndarray, fmt: IntFormat) -> None:
     lo, hi = int(q.min()), int(q.max())
     if lo < fmt.qmin or hi > fmt.qmax:
         bad = lo if lo < fmt.qmin else hi
-        raise ValueError(
-            f"value {bad} is outside the {fmt.name} range [{fmt.qmin}, {fmt.qmax}]"
-        )
+        raise ValueError(f"value {bad} is outside the {fmt.name} range [{fmt.qmin}, {fmt.qmax}]")
 
 
 def pack(q: Any, dtype: str) -> np.ndarray:
@@ -88,8 +86,8 @@ def pack(q: Any, dtype: str) -> np.ndarray:
                 f"{fmt.name} codes must have dtype {fmt.storage}, got {q.dtype} "
                 "(quantize before packing)"
             )
-        return np.ascontiguousarray(q.astype(_le(fmt.storage), copy=False)).reshape(-1).view(
-            np.uint8
+        return (
+            np.ascontiguousarray(q.astype(_le(fmt.storage), copy=False)).reshape(-1).view(np.uint8)
         )
     _check_int_range(q, fmt)
     bits = bits_per_code(fmt.name)
@@ -124,8 +122,7 @@ def unpack(packed: Any, dtype: str, shape: tuple[int, ...] | int) -> np.ndarray:
     need = packed_nbytes(count, fmt.name)
     if buf.size != need:
         raise ValueError(
-            f"{fmt.name} data for shape {shape} ({count} values) takes {need} bytes, "
-            f"got {buf.size}"
+            f"{fmt.name} data for shape {shape} ({count} values) takes {need} bytes, got {buf.size}"
         )
     bits = bits_per_code(fmt.name)
     if bits >= 8:

@@ -91,8 +91,16 @@ _ROLES = ("activation", "weight", "bias")
 #: Ops whose every activation input carries data (the others: only ``inputs[0]``).
 _ALL_INPUTS_DATA = frozenset(
     {
-        OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.LINEAR, OpKind.MATMUL, OpKind.ADD,
-        OpKind.SUB, OpKind.MUL, OpKind.DIV, OpKind.CONCAT, OpKind.OTHER,
+        OpKind.CONV,
+        OpKind.CONV_TRANSPOSE,
+        OpKind.LINEAR,
+        OpKind.MATMUL,
+        OpKind.ADD,
+        OpKind.SUB,
+        OpKind.MUL,
+        OpKind.DIV,
+        OpKind.CONCAT,
+        OpKind.OTHER,
     }
 )
 
@@ -179,11 +187,14 @@ class Overrides:
         set_(self, "ignore_names", _names(self.ignore_names, "overrides.ignore_names"))
         set_(self, "ignore_patterns", _names(self.ignore_patterns, "overrides.ignore_patterns"))
         kinds = []
-        for i, k in enumerate(_names(
-            [k.value if isinstance(k, OpKind) else k for k in self.ignore_ops]
-            if not isinstance(self.ignore_ops, str) else self.ignore_ops,
-            "overrides.ignore_ops",
-        )):
+        for i, k in enumerate(
+            _names(
+                [k.value if isinstance(k, OpKind) else k for k in self.ignore_ops]
+                if not isinstance(self.ignore_ops, str)
+                else self.ignore_ops,
+                "overrides.ignore_ops",
+            )
+        ):
             try:
                 kinds.append(OpKind.parse(k, where=f"overrides.ignore_ops[{i}]"))
             except ValueError as exc:
@@ -192,16 +203,18 @@ class Overrides:
         set_(self, "weight", _check_spec_changes(self.weight, "overrides.weight"))
         set_(self, "activation", _check_spec_changes(self.activation, "overrides.activation"))
         if not isinstance(self.layers, Mapping):
-            raise PlanError(f"overrides.layers: expected a mapping of pattern → settings, "
-                            f"got {self.layers!r}")
+            raise PlanError(
+                f"overrides.layers: expected a mapping of pattern → settings, got {self.layers!r}"
+            )
         layers: dict[str, dict[str, Any]] = {}
         for pattern, entry in self.layers.items():
             where = f"overrides.layers[{pattern!r}]"
             if not isinstance(pattern, str):
                 raise PlanError(f"overrides.layers: pattern {pattern!r} is not a string")
             if not isinstance(entry, Mapping):
-                raise PlanError(f"{where}: expected a mapping with keys {_fmt(_LAYER_KEYS)}, "
-                                f"got {entry!r}")
+                raise PlanError(
+                    f"{where}: expected a mapping with keys {_fmt(_LAYER_KEYS)}, got {entry!r}"
+                )
             unknown = [k for k in entry if k not in _LAYER_KEYS]
             if unknown:
                 raise PlanError(
@@ -216,8 +229,9 @@ class Overrides:
             layers[pattern] = clean
         set_(self, "layers", layers)
         if self.dynamic is not None and not isinstance(self.dynamic, bool):
-            raise PlanError(f"overrides.dynamic: {self.dynamic!r} is not a boolean; "
-                            "allowed: true, false, null")
+            raise PlanError(
+                f"overrides.dynamic: {self.dynamic!r} is not a boolean; allowed: true, false, null"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Overrides:
@@ -303,7 +317,10 @@ class NodeDecision:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "node": self.node, "op": self.op, "quantized": self.quantized, "reason": self.reason
+            "node": self.node,
+            "op": self.op,
+            "quantized": self.quantized,
+            "reason": self.reason,
         }
 
 
@@ -522,7 +539,9 @@ class _Planner:
             user = {k for k, s in src.items() if s.startswith("overrides")}
             if not isinstance(fmt, IntFormat) and "narrow_range" not in user:
                 d["narrow_range"] = False
-            if (not isinstance(fmt, IntFormat) or fmt.name == "ternary") and "symmetric" not in user:
+            if (
+                not isinstance(fmt, IntFormat) or fmt.name == "ternary"
+            ) and "symmetric" not in user:
                 d["symmetric"] = True
         gran = d.get("granularity", "per_tensor")
         if role == "weight" and "axis" not in d and gran in ("per_channel", "per_group"):
@@ -585,10 +604,15 @@ class _Planner:
             dynamic = ov.dynamic
         self.dynamic = dynamic
 
-        def eligible(n: Node) -> bool:
+        def base_eligible(n: Node) -> bool:
             if n.name in ignored or n.op not in t.ops.quantize:
                 return False
             return not dynamic or n.op in t.dynamic.ops
+
+        not_between = self.between_quantized(base_eligible)
+
+        def eligible(n: Node) -> bool:
+            return base_eligible(n) and n.name not in not_between
 
         fusion_of, tail_of, fusions = self.match_fusions(eligible, ignored)
         reasons: dict[str, tuple[bool, str]] = {}
@@ -615,30 +639,107 @@ class _Planner:
                 decision = (True, f"fused into {head} ({chain})")
             elif n.name in reasons:
                 decision = reasons[n.name]
+            elif n.name in not_between:
+                decision = (False, not_between[n.name])
             elif n.name in passthrough:
-                decision = (True, f"quantized: {op} passes its input's scale through "
-                                  "(shared-scale op)")
+                decision = (
+                    True,
+                    f"quantized: {op} passes its input's scale through (shared-scale op)",
+                )
             elif n.op in t.ops.float_only:
                 decision = (False, f"op kind {op} is float-only on target {t.name!r}")
             elif dynamic and n.op in t.ops.quantize:
                 kinds = _fmt(sorted(k.value for k in t.dynamic.ops))
-                decision = (False, f"kept float in dynamic mode: target {t.name!r} quantizes "
-                                   f"only {kinds} dynamically")
+                decision = (
+                    False,
+                    f"kept float in dynamic mode: target {t.name!r} quantizes "
+                    f"only {kinds} dynamically",
+                )
             elif n.op in t.ops.shared_scale and dynamic:
-                decision = (False, f"kept float in dynamic mode: {op} has no static scale to "
-                                   "share with its neighbours")
+                decision = (
+                    False,
+                    f"kept float in dynamic mode: {op} has no static scale to "
+                    "share with its neighbours",
+                )
             elif n.op in t.ops.shared_scale:
-                decision = (False, f"kept float: {op} shares its neighbours' scale and none of "
-                                   "them is quantized")
+                decision = (
+                    False,
+                    f"kept float: {op} shares its neighbours' scale and none of them is quantized",
+                )
             else:
                 decision = (False, f"op kind {op} is not quantized on target {t.name!r}")
             decisions.append(NodeDecision(n.name, op, *decision))
 
         self.warn_ineffective_layers(set(units) | passthrough)
         return QuantPlan(
-            target=t.name, tensors=tensors, decisions=decisions, fusions=fusions,
-            share_groups=groups, warnings=self.warnings, dynamic=dynamic,
+            target=t.name,
+            tensors=tensors,
+            decisions=decisions,
+            fusions=fusions,
+            share_groups=groups,
+            warnings=self.warnings,
+            dynamic=dynamic,
         )
+
+    def between_quantized(self, eligible: Any) -> dict[str, str]:
+        """Nodes of ``ops.only_between_quantized`` kinds that would break out of an integer chain,
+        with the reason: the greatest set of candidates whose data inputs all come from
+        quantized ops and whose output some quantized op reads (seen through relu/clip and
+        shared-scale ops, which pass an integer tensor on)."""
+        kinds = self.t.ops.only_between_quantized
+        candidates = {n.name for n in self.g.nodes if n.op in kinds and eligible(n)}
+        if not candidates:
+            return {}
+        producers = self.g.producers()
+        consumers = self.g.consumers()
+        transparent = {OpKind.RELU, OpKind.CLIP} | set(self.t.ops.shared_scale)
+        rejected: dict[str, str] = {}
+
+        def quantized(n: Node) -> bool:
+            return eligible(n) and (n.name in candidates or n.op not in kinds)
+
+        def source(t: str) -> Node | None:
+            """The op that really computes tensor ``t`` (None: a graph input or constant)."""
+            n = producers.get(t)
+            while n is not None and n.op in transparent and not quantized(n) and n.inputs:
+                n = producers.get(n.inputs[0])
+            return n
+
+        def readers(t: str, depth: int = 0) -> list[Node]:
+            found = []
+            for c in consumers.get(t, []):
+                if c.op in transparent and not quantized(c) and depth < 16:
+                    found.extend(readers(c.outputs[0], depth + 1))
+                else:
+                    found.append(c)
+            return found
+
+        changed = True
+        while changed:
+            changed = False
+            for name in sorted(candidates):
+                n = self.g.node(name)
+                why = ""
+                for t_in in self.data_inputs(n):
+                    if t_in in self.g.initializers:
+                        continue
+                    src = source(t_in)
+                    if src is not None and not quantized(src):
+                        why = f"its input {t_in!r} comes from {src.name} ({src.op.value}, float)"
+                        break
+                if not why:
+                    outs = readers(n.outputs[0])
+                    if not any(quantized(r) for r in outs):
+                        float_readers = ", ".join(f"{r.name} ({r.op.value})" for r in outs[:3])
+                        why = f"its output feeds only float ops ({float_readers or 'none'})"
+                if why:
+                    candidates.discard(name)
+                    rejected[name] = (
+                        f"kept float: on target {self.t.name!r} {n.op.value} is quantized only "
+                        f"between quantized ops, and {why}"
+                    )
+                    changed = True
+        return rejected
 
     def match_ignores(self) -> dict[str, str]:
         ov, g = self.ov, self.g
@@ -688,9 +789,9 @@ class _Planner:
                     f"{_fmt(matched[:5])}{', …' if len(matched) > 5 else ''}; it has no effect"
                 )
 
-    def match_fusions(self, eligible: Any, ignored: Mapping[str, str]) -> tuple[
-        dict[str, list[Node]], dict[str, tuple[str, str]], list[tuple[str, ...]]
-    ]:
+    def match_fusions(
+        self, eligible: Any, ignored: Mapping[str, str]
+    ) -> tuple[dict[str, list[Node]], dict[str, tuple[str, str]], list[tuple[str, ...]]]:
         chains = sorted(self.t.fusions, key=len, reverse=True)
         fusion_of: dict[str, list[Node]] = {}
         tail_of: dict[str, tuple[str, str]] = {}
@@ -704,8 +805,13 @@ class _Planner:
                 members = [n]
                 for kind in chain[1:]:
                     nxt = self.single_consumer(members[-1])
-                    if (nxt is None or nxt.op is not kind or nxt.name in ignored
-                            or nxt.name in tail_of or nxt.name in fusion_of):
+                    if (
+                        nxt is None
+                        or nxt.op is not kind
+                        or nxt.name in ignored
+                        or nxt.name in tail_of
+                        or nxt.name in fusion_of
+                    ):
                         break
                     members.append(nxt)
                 if len(members) == len(chain):
@@ -738,14 +844,18 @@ class _Planner:
             if "weight" in m.weights and m.op in t.ops.quantize:
                 spec = self.resolve(m, "weight")
                 self.claims.setdefault(m.weights["weight"], []).append(
-                    _Claim(m.name, spec, "weight"))
+                    _Claim(m.name, spec, "weight")
+                )
                 self.readers.setdefault(m.weights["weight"], []).append(m.name)
                 if m is head:
                     wspec = spec
         weight_only = wspec is not None and wspec.dtype in t.allowed.weight_only_dtypes
         chain = "+".join(m.op.value for m in members)
-        fused = (f", fused with {_fmt(m.name for m in members[1:])} ({chain})"
-                 if len(members) > 1 else "")
+        fused = (
+            f", fused with {_fmt(m.name for m in members[1:])} ({chain})"
+            if len(members) > 1
+            else ""
+        )
         if weight_only:
             return f"quantized weight-only ({wspec.dtype}): {op}{fused}"
         aspec = self.resolve(head, "activation", dynamic)
@@ -760,12 +870,21 @@ class _Planner:
                 self.claim(x, m, aspec, kind, read=True)
         # bias
         bias = head.weights.get("bias")
-        if (bias is not None and wspec is not None and t.bias.mode == "int32" and not dynamic
-                and first_input is not None and self.int32_bias_ok(wspec, aspec)):
+        if (
+            bias is not None
+            and wspec is not None
+            and t.bias.mode == "int32"
+            and not dynamic
+            and first_input is not None
+            and self.int32_bias_ok(wspec, aspec)
+        ):
             per_channel = wspec.granularity is Granularity.PER_CHANNEL
-            bspec = QuantSpec("int32", symmetric=True,
-                              granularity="per_channel" if per_channel else "per_tensor",
-                              axis=0 if per_channel else None)
+            bspec = QuantSpec(
+                "int32",
+                symmetric=True,
+                granularity="per_channel" if per_channel else "per_tensor",
+                axis=0 if per_channel else None,
+            )
             self.claims.setdefault(bias, []).append(_Claim(head.name, bspec, "bias"))
             self.readers.setdefault(bias, []).append(head.name)
             self.bias_of[bias] = (first_input, head.weights["weight"])
@@ -790,7 +909,9 @@ class _Planner:
     @staticmethod
     def int32_bias_ok(wspec: QuantSpec, aspec: QuantSpec) -> bool:
         return (
-            not wspec.is_float and not aspec.is_float and not aspec.dynamic
+            not wspec.is_float
+            and not aspec.is_float
+            and not aspec.dynamic
             and wspec.granularity in (Granularity.PER_TENSOR, Granularity.PER_CHANNEL)
         )
 
@@ -799,9 +920,13 @@ class _Planner:
     ) -> set[str]:
         t = self.t
         candidates = [
-            n for n in self.g.nodes
-            if n.op in t.ops.shared_scale and n.op not in t.ops.quantize
-            and n.name not in ignored and n.name not in fusion_of and n.name not in tail_of
+            n
+            for n in self.g.nodes
+            if n.op in t.ops.shared_scale
+            and n.op not in t.ops.quantize
+            and n.name not in ignored
+            and n.name not in fusion_of
+            and n.name not in tail_of
         ]
         done: set[str] = set()
         changed = True

@@ -93,6 +93,11 @@ Top level
     Kinds whose data inputs and output must share one scale and zero point (concat, max_pool,
     reshape…).  A shared-scale kind not in ``quantize`` is quantized only when a neighbouring
     tensor already is (the scale passes through it).
+``only_between_quantized``
+    Kinds of ``quantize`` that are quantized only where they keep an integer chain going: every
+    data input comes from a quantized op (looking through relu/clip and shared-scale ops) and a
+    quantized op reads the output.  Elsewhere they would only add Q/DQ pairs and lose precision
+    (a transformer's residual add feeding LayerNorm, its attention-mask add feeding Softmax).
 ``quantize_outputs``
     ``always`` (default: a quantized op writes a quantized output, as ONNX Runtime QDQ and TFLite
     do) or ``when_consumed`` (only when a quantized consumer reads it: TensorRT's placement).
@@ -326,6 +331,7 @@ class OpRules:
     quantize_outputs: str = "always"
     fixed_output: Mapping[OpKind, FixedOutput] = field(default_factory=dict)
     per_op: Mapping[OpKind, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    only_between_quantized: frozenset[OpKind] = frozenset()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -417,8 +423,10 @@ class TargetSpec:
         req = self.requires
         missing: list[str] = []
         if req.cpu_flags or req.cpu_flags_any:
-            flags = frozenset(f.lower() for f in cpu_flags) if cpu_flags is not None else (
-                read_cpu_flags(cpuinfo)
+            flags = (
+                frozenset(f.lower() for f in cpu_flags)
+                if cpu_flags is not None
+                else (read_cpu_flags(cpuinfo))
             )
             if flags is None:
                 wanted = list(req.cpu_flags) + list(req.cpu_flags_any)
@@ -509,6 +517,7 @@ class TargetSpec:
                 "float_only": kinds(self.ops.float_only),
                 "shared_scale": kinds(self.ops.shared_scale),
                 "quantize_outputs": self.ops.quantize_outputs,
+                "only_between_quantized": kinds(self.ops.only_between_quantized),
                 "fixed_output": {
                     k.value: {"scale": v.scale, "zero_point": v.zero_point}
                     for k, v in self.ops.fixed_output.items()
@@ -569,8 +578,18 @@ def builtin_target_paths() -> list[Path]:
 # ------------------------------------------------------------------------------------------------
 
 _TOP_KEYS = (
-    "name", "description", "simulation_only", "artifact", "requires", "weight", "activation",
-    "bias", "dynamic", "allowed", "ops", "fusions",
+    "name",
+    "description",
+    "simulation_only",
+    "artifact",
+    "requires",
+    "weight",
+    "activation",
+    "bias",
+    "dynamic",
+    "allowed",
+    "ops",
+    "fusions",
 )
 _REQUIRED_TOP = ("name", "artifact", "weight", "activation", "ops")
 _REQUIRES_KEYS = ("cpu_flags", "cpu_flags_any", "modules", "gpu")
@@ -578,7 +597,15 @@ _TEMPLATE_KEYS = ("dtype", "symmetric", "narrow_range", "granularity", "group_si
 _ALLOWED_SET_KEYS = ("dtypes", "granularities", "symmetric", "narrow_range", "group_sizes")
 _ALLOWED_KEYS = ("weight", "activation", "per_op", "weight_only_dtypes")
 _DYNAMIC_KEYS = ("supported", "default", "granularity", "ops", "activation")
-_OPS_KEYS = ("quantize", "float_only", "shared_scale", "quantize_outputs", "fixed_output", "per_op")
+_OPS_KEYS = (
+    "quantize",
+    "float_only",
+    "shared_scale",
+    "quantize_outputs",
+    "fixed_output",
+    "per_op",
+    "only_between_quantized",
+)
 _FIXED_KEYS = ("scale", "zero_point")
 
 
@@ -674,14 +701,20 @@ class _Parser:
         name = self.required(data, "name", "", "a target name such as 'generic'")
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise self.bad(
-                "name", name, "a valid target name",
+                "name",
+                name,
+                "a valid target name",
                 "lower-case letters, digits, '_', '-', '.', starting with a letter or digit",
             )
         known = _fmt_allowed(ARTIFACT_KINDS)
         artifact = self.required(data, "artifact", "", f"a format name such as {known}")
         if not isinstance(artifact, str) or not _NAME_RE.match(artifact):
-            raise self.bad("artifact", artifact, "an artifact kind",
-                           f"a lower-case format name such as {known}")
+            raise self.bad(
+                "artifact",
+                artifact,
+                "an artifact kind",
+                f"a lower-case format name such as {known}",
+            )
         for k in _REQUIRED_TOP:
             self.required(data, k, "", "a table" if k not in ("name", "artifact") else "a value")
         description = self.string(data.get("description", ""), "description")
@@ -698,9 +731,18 @@ class _Parser:
         allowed = self.allowed(data.get("allowed", {}))
         fusions = self.fusions(data.get("fusions", []), ops)
         spec = TargetSpec(
-            name=name, artifact=artifact, weight=weight, activation=activation, bias=bias,
-            ops=ops, description=description, simulation_only=simulation_only,
-            requires=requires, dynamic=dynamic, allowed=allowed, fusions=fusions,
+            name=name,
+            artifact=artifact,
+            weight=weight,
+            activation=activation,
+            bias=bias,
+            ops=ops,
+            description=description,
+            simulation_only=simulation_only,
+            requires=requires,
+            dynamic=dynamic,
+            allowed=allowed,
+            fusions=fusions,
             source=self.source,
         )
         self.check_defaults_allowed(spec)
@@ -720,13 +762,20 @@ class _Parser:
         return Requirements(
             cpu_flags=names("cpu_flags", _FLAG_RE, "a CPU flag", flag_help),
             cpu_flags_any=names("cpu_flags_any", _FLAG_RE, "a CPU flag", flag_help),
-            modules=names("modules", _MODULE_RE, "a module name",
-                          "dotted Python module names such as onnxruntime, tflite_runtime"),
+            modules=names(
+                "modules",
+                _MODULE_RE,
+                "a module name",
+                "dotted Python module names such as onnxruntime, tflite_runtime",
+            ),
             gpu=self.boolean(tbl.get("gpu", False), "requires.gpu"),
         )
 
     def template_fields(
-        self, value: Any, key: str, partial: bool = False,
+        self,
+        value: Any,
+        key: str,
+        partial: bool = False,
         keys: tuple[str, ...] = _TEMPLATE_KEYS,
     ) -> dict[str, Any]:
         """Spec fields of an inline table, each checked on its own."""
@@ -751,8 +800,13 @@ class _Parser:
     def check_spec(self, d: Mapping[str, Any], key: str, dynamic: bool = False) -> None:
         """The fields must also make sense together (e.g. fp8 cannot be asymmetric)."""
         try:
-            QuantSpec(**{**d, "axis": 0 if d.get("granularity") in ("per_channel", "per_group")
-                         else None, "dynamic": dynamic})
+            QuantSpec(
+                **{
+                    **d,
+                    "axis": 0 if d.get("granularity") in ("per_channel", "per_group") else None,
+                    "dynamic": dynamic,
+                }
+            )
         except SpecError as exc:
             raise self.fail(key, f"inconsistent spec {dict(d)!r}: {exc}") from None
 
@@ -767,20 +821,36 @@ class _Parser:
         supported = self.boolean(tbl.get("supported", False), "dynamic.supported")
         default = self.boolean(tbl.get("default", False), "dynamic.default")
         if default and not supported:
-            raise self.bad("dynamic.default", default, "possible while dynamic.supported is false",
-                           "false (or set dynamic.supported = true)")
-        gran = self.choice(tbl.get("granularity", "per_tensor"), "dynamic.granularity",
-                           _DYNAMIC_GRANULARITIES, "a dynamic granularity")
+            raise self.bad(
+                "dynamic.default",
+                default,
+                "possible while dynamic.supported is false",
+                "false (or set dynamic.supported = true)",
+            )
+        gran = self.choice(
+            tbl.get("granularity", "per_tensor"),
+            "dynamic.granularity",
+            _DYNAMIC_GRANULARITIES,
+            "a dynamic granularity",
+        )
         if "ops" in tbl:
             dyn_ops = self.op_kinds(tbl["ops"], "dynamic.ops")
             for i, kind in enumerate(self.array(tbl["ops"], "dynamic.ops")):
                 if OpKind(kind) not in ops.quantize:
-                    raise self.bad(f"dynamic.ops[{i}]", kind, "in ops.quantize",
-                                   _fmt_allowed(sorted(k.value for k in ops.quantize)))
+                    raise self.bad(
+                        f"dynamic.ops[{i}]",
+                        kind,
+                        "in ops.quantize",
+                        _fmt_allowed(sorted(k.value for k in ops.quantize)),
+                    )
         else:
             dyn_ops = frozenset(ops.quantize & WEIGHTED)
-        act = self.template_fields(tbl.get("activation", {}), "dynamic.activation",
-                                   partial=True, keys=("dtype", "symmetric", "narrow_range"))
+        act = self.template_fields(
+            tbl.get("activation", {}),
+            "dynamic.activation",
+            partial=True,
+            keys=("dtype", "symmetric", "narrow_range"),
+        )
         return DynamicRule(supported, default, gran, dyn_ops, act)
 
     def allowed_set(self, value: Any, key: str, weights: bool) -> AllowedSet:
@@ -793,15 +863,16 @@ class _Parser:
                 continue
             items = self.array(v, sub)
             if not items:
-                raise self.fail(sub, "an empty list allows nothing; write \"*\" to allow anything")
+                raise self.fail(sub, 'an empty list allows nothing; write "*" to allow anything')
             vals: list[Any] = []
             for i, item in enumerate(items):
                 where = f"{sub}[{i}]"
                 if k == "dtypes":
                     vals.append(self.dtype(item, where))
                 elif k == "granularities":
-                    vals.append(self.choice(item, where, [g.value for g in Granularity],
-                                            "a granularity"))
+                    vals.append(
+                        self.choice(item, where, [g.value for g in Granularity], "a granularity")
+                    )
                 elif k == "group_sizes":
                     vals.append(self.positive_int(item, where))
                 else:
@@ -816,8 +887,9 @@ class _Parser:
         per_op: dict[OpKind, tuple[AllowedSet, AllowedSet]] = {}
         per_op_tbl = tbl.get("per_op", {})
         if not isinstance(per_op_tbl, Mapping):
-            raise self.bad("allowed.per_op", per_op_tbl, "a table",
-                           "op kind = { weight, activation }")
+            raise self.bad(
+                "allowed.per_op", per_op_tbl, "a table", "op kind = { weight, activation }"
+            )
         for op_name, entry in per_op_tbl.items():
             kind = self.op_kind(op_name, "allowed.per_op")
             key = f"allowed.per_op.{op_name}"
@@ -846,25 +918,38 @@ class _Parser:
                     f"{names[0]!r} is also in {key}; an op kind cannot be both "
                     f"(float-only kinds: {_fmt_allowed(sorted(k.value for k in float_only))})",
                 )
-        policy = self.choice(tbl.get("quantize_outputs", "always"), "ops.quantize_outputs",
-                             OUTPUT_POLICIES, "an output policy")
+        policy = self.choice(
+            tbl.get("quantize_outputs", "always"),
+            "ops.quantize_outputs",
+            OUTPUT_POLICIES,
+            "an output policy",
+        )
         fixed: dict[OpKind, FixedOutput] = {}
         fixed_tbl = tbl.get("fixed_output", {})
         if not isinstance(fixed_tbl, Mapping):
-            raise self.bad("ops.fixed_output", fixed_tbl, "a table",
-                           "op kind = { scale, zero_point }")
+            raise self.bad(
+                "ops.fixed_output", fixed_tbl, "a table", "op kind = { scale, zero_point }"
+            )
         for op_name, entry in fixed_tbl.items():
             kind = self.op_kind(op_name, "ops.fixed_output")
             key = f"ops.fixed_output.{op_name}"
             if kind not in quantize:
-                raise self.bad(key, op_name, "in ops.quantize (only quantized ops have outputs "
-                               "to fix)", _fmt_allowed(sorted(k.value for k in quantize)))
+                raise self.bad(
+                    key,
+                    op_name,
+                    "in ops.quantize (only quantized ops have outputs to fix)",
+                    _fmt_allowed(sorted(k.value for k in quantize)),
+                )
             if kind in shared:
-                raise self.fail(key, f"{op_name!r} is in ops.shared_scale; its output scale "
-                                "cannot be both fixed and shared with its input")
+                raise self.fail(
+                    key,
+                    f"{op_name!r} is in ops.shared_scale; its output scale "
+                    "cannot be both fixed and shared with its input",
+                )
             entry = self.table(entry, key, _FIXED_KEYS)
-            scale = self.scale(self.required(entry, "scale", key, "a positive number"),
-                               f"{key}.scale")
+            scale = self.scale(
+                self.required(entry, "scale", key, "a positive number"), f"{key}.scale"
+            )
             zp = self.required(entry, "zero_point", key, "an integer")
             if isinstance(zp, bool) or not isinstance(zp, int):
                 raise self.bad(f"{key}.zero_point", zp, "an integer", "e.g. -128, 0, 127")
@@ -879,9 +964,19 @@ class _Parser:
             entry = self.table(entry, key, ("weight", "activation"))
             per_op[kind] = {
                 role: self.template_fields(entry[role], f"{key}.{role}", partial=True)
-                for role in ("weight", "activation") if role in entry
+                for role in ("weight", "activation")
+                if role in entry
             }
-        return OpRules(quantize, float_only, shared, policy, fixed, per_op)
+        between = self.op_kinds(tbl.get("only_between_quantized", []), "ops.only_between_quantized")
+        if not between <= quantize:
+            extra = sorted(k.value for k in between - quantize)
+            raise self.bad(
+                "ops.only_between_quantized",
+                extra[0],
+                "in ops.quantize",
+                _fmt_allowed(sorted(k.value for k in quantize)),
+            )
+        return OpRules(quantize, float_only, shared, policy, fixed, per_op, between)
 
     def scale(self, value: Any, key: str) -> float:
         try:
@@ -896,8 +991,12 @@ class _Parser:
             if not (num > 0 and num != float("inf")):
                 raise ValueError
         except (ValueError, ZeroDivisionError):
-            raise self.bad(key, value, "a positive scale",
-                           "a positive number or a fraction string such as \"1/256\"") from None
+            raise self.bad(
+                key,
+                value,
+                "a positive scale",
+                'a positive number or a fraction string such as "1/256"',
+            ) from None
         return num
 
     def fusions(self, value: Any, ops: OpRules) -> tuple[tuple[OpKind, ...], ...]:
@@ -906,18 +1005,23 @@ class _Parser:
             key = f"fusions[{i}]"
             items = self.array(chain, key)
             if len(items) < 2:
-                raise self.bad(key, chain, "a chain",
-                               "two or more op kinds, e.g. [\"conv\", \"relu\"]")
+                raise self.bad(key, chain, "a chain", 'two or more op kinds, e.g. ["conv", "relu"]')
             kinds = tuple(self.op_kind(v, f"{key}[{j}]") for j, v in enumerate(items))
             if kinds[0] not in ops.quantize:
-                raise self.bad(f"{key}[0]", items[0], "a quantized op kind (a fused chain starts "
-                               "with an op in ops.quantize)",
-                               _fmt_allowed(sorted(k.value for k in ops.quantize)))
+                raise self.bad(
+                    f"{key}[0]",
+                    items[0],
+                    "a quantized op kind (a fused chain starts with an op in ops.quantize)",
+                    _fmt_allowed(sorted(k.value for k in ops.quantize)),
+                )
             for j, kind in enumerate(kinds):
                 if kind in ops.float_only:
-                    raise self.fail(f"{key}[{j}]", f"{items[j]!r} is float-only and cannot be part "
-                                    "of a quantized fusion; remove it from ops.float_only or from "
-                                    "the chain")
+                    raise self.fail(
+                        f"{key}[{j}]",
+                        f"{items[j]!r} is float-only and cannot be part "
+                        "of a quantized fusion; remove it from ops.float_only or from "
+                        "the chain",
+                    )
             if kinds in chains:
                 raise self.fail(key, f"{list(items)!r} is listed twice")
             chains.append(kinds)

@@ -30,8 +30,16 @@ class GraphBuilder:
     def op(self, name: str, op: str, inputs: list[str], output: str, **attrs: Any) -> None:
         self.nodes.append(Node(name, op, inputs, [output], attrs=attrs))
 
-    def weighted(self, name: str, op: str, x: str, y: str, shape: tuple[int, ...],
-                 bias: bool = True, **attrs: Any) -> None:
+    def weighted(
+        self,
+        name: str,
+        op: str,
+        x: str,
+        y: str,
+        shape: tuple[int, ...],
+        bias: bool = True,
+        **attrs: Any,
+    ) -> None:
         weights = {"weight": f"{name}.weight"}
         self.inits[f"{name}.weight"] = self.rng.standard_normal(shape).astype(np.float32)
         if bias:
@@ -113,10 +121,20 @@ def test_residual_block(generic: TargetSpec) -> None:
     assert len({p.tensors[t].spec for t in p.share_groups["cat"]}) == 1
 
     assert names(p.activations()) == {
-        "x", "r1", "c2", "r2", "ba", "bb", "cat_out", "p", "f", "logits",
+        "x",
+        "r1",
+        "c2",
+        "r2",
+        "ba",
+        "bb",
+        "cat_out",
+        "p",
+        "f",
+        "logits",
     }
-    assert names(p.weights()) == {f"{n}.weight" for n in
-                                  ("conv1", "conv2", "branch_a", "branch_b", "fc")}
+    assert names(p.weights()) == {
+        f"{n}.weight" for n in ("conv1", "conv2", "branch_a", "branch_b", "fc")
+    }
     # int32 biases, paired with (input activation, weight) for s_b = s_x * s_w
     bias_of = {t.name: t.bias_of for t in p.biases()}
     assert bias_of == {
@@ -131,8 +149,9 @@ def test_residual_block(generic: TargetSpec) -> None:
 
     w = p.tensors["conv2.weight"]
     assert w.role == "weight" and w.node == "conv2" and w.consumers == ("conv2",)
-    assert w.spec == QuantSpec("int8", symmetric=True, narrow_range=True,
-                               granularity="per_channel", axis=0)
+    assert w.spec == QuantSpec(
+        "int8", symmetric=True, narrow_range=True, granularity="per_channel", axis=0
+    )
     act = p.tensors["r1"]
     assert act.spec == QuantSpec("int8", symmetric=False)
     assert act.node is None and act.producer == "relu1"
@@ -197,8 +216,22 @@ def test_transformer_default(generic: TargetSpec) -> None:
     p = plan(transformer_graph(), generic)
     assert p.warnings == []
     assert names(p.activations()) == {
-        "x", "h1", "q_out", "k_out", "v_out", "kt_out", "s", "a", "c", "o_out", "r1", "h2",
-        "f1", "g", "f2", "y",
+        "x",
+        "h1",
+        "q_out",
+        "k_out",
+        "v_out",
+        "kt_out",
+        "s",
+        "a",
+        "c",
+        "o_out",
+        "r1",
+        "h2",
+        "f1",
+        "g",
+        "f2",
+        "y",
     }
     assert names(p.weights()) == {f"{n}.weight" for n in LINEARS}
     assert names(p.biases()) == {f"{n}.bias" for n in LINEARS}
@@ -233,19 +266,25 @@ def test_transformer_with_overrides(generic: TargetSpec) -> None:
 
 
 def test_transformer_more_overrides(generic: TargetSpec) -> None:
-    ov = Overrides.from_dict({
-        "ignore_names": ["blk.attn.scores", "blk.attn.ctx"],
-        "weight": {"granularity": "per_group", "group_size": 4},
-        "layers": {
-            "blk.attn.[qk]": {"weight": {"dtype": "uint4", "symmetric": False}},
-            "blk.mlp.*": {"bits": 4, "activation": {"dtype": "uint8"}},
-        },
-    })
+    ov = Overrides.from_dict(
+        {
+            "ignore_names": ["blk.attn.scores", "blk.attn.ctx"],
+            "weight": {"granularity": "per_group", "group_size": 4},
+            "layers": {
+                "blk.attn.[qk]": {"weight": {"dtype": "uint4", "symmetric": False}},
+                "blk.mlp.*": {"bits": 4, "activation": {"dtype": "uint8"}},
+            },
+        }
+    )
     p = plan(transformer_graph(), generic, ov)
     # per-group axis = reduction axis (1 for (out, in) weights)
     wq = p.tensors["blk.attn.q.weight"].spec
     assert (wq.dtype, wq.granularity, wq.axis, wq.group_size) == (
-        "uint4", Granularity.PER_GROUP, 1, 4)
+        "uint4",
+        Granularity.PER_GROUP,
+        1,
+        4,
+    )
     assert p.tensors["blk.mlp.fc1.weight"].spec.dtype == "int4"
     assert p.tensors["blk.mlp.fc1.weight"].spec.group_size == 4
     # per-group weights cannot carry an int32 bias (many scales per channel): biases stay float
@@ -254,8 +293,20 @@ def test_transformer_more_overrides(generic: TargetSpec) -> None:
     # node needs them (c is read by o), softmax's output a by nobody; kt_out still passes
     # k_out's scale through the transpose
     assert names(p.activations()) == {
-        "x", "h1", "q_out", "k_out", "v_out", "kt_out", "c", "o_out", "r1", "h2", "f1", "g",
-        "f2", "y",
+        "x",
+        "h1",
+        "q_out",
+        "k_out",
+        "v_out",
+        "kt_out",
+        "c",
+        "o_out",
+        "r1",
+        "h2",
+        "f1",
+        "g",
+        "f2",
+        "y",
     }
     assert "s" not in p.tensors and "a" not in p.tensors
     assert p.share_groups == {"blk.attn.kt": ["k_out", "kt_out"]}
@@ -272,8 +323,11 @@ def test_channel_axis_from_attrs(generic: TargetSpec) -> None:
     b.weighted("dense", "linear", "x", "y", (8, 4), channel_axis=1)  # TF Dense: (in, out)
     p = plan(b.build(["x"], ["y"], "tf"), generic)
     assert p.tensors["dense.weight"].spec.axis == 1
-    p = plan(b.build(["x"], ["y"], "tf"), generic,
-             Overrides(weight={"granularity": "per_group", "group_size": 2}))
+    p = plan(
+        b.build(["x"], ["y"], "tf"),
+        generic,
+        Overrides(weight={"granularity": "per_group", "group_size": 2}),
+    )
     assert p.tensors["dense.weight"].spec.axis == 0  # reduction axis of an (in, out) weight
 
 
@@ -284,56 +338,105 @@ def test_channel_axis_from_attrs(generic: TargetSpec) -> None:
 
 def restricted_target() -> TargetSpec:
     """TensorRT-like: symmetric int8, int4 weight-only for linear only, float bias."""
-    return TargetSpec.from_dict({
-        "name": "trt-like",
-        "artifact": "onnx",
-        "weight": {"dtype": "int8", "narrow_range": True, "granularity": "per_channel"},
-        "activation": {"dtype": "int8", "symmetric": True},
-        "bias": {"mode": "float"},
-        "allowed": {
-            "weight": {"dtypes": ["int8", "fp8_e4m3fn"], "symmetric": [True],
-                       "granularities": ["per_channel"]},
-            "activation": {"dtypes": ["int8", "fp8_e4m3fn"], "symmetric": [True],
-                           "granularities": ["per_tensor"]},
-            "per_op": {"linear": {"weight": {
-                "dtypes": ["int8", "fp8_e4m3fn", "int4"],
-                "granularities": ["per_channel", "per_group"],
-                "group_sizes": [64, 128],
-            }}},
-            "weight_only_dtypes": ["int4"],
+    return TargetSpec.from_dict(
+        {
+            "name": "trt-like",
+            "artifact": "onnx",
+            "weight": {"dtype": "int8", "narrow_range": True, "granularity": "per_channel"},
+            "activation": {"dtype": "int8", "symmetric": True},
+            "bias": {"mode": "float"},
+            "allowed": {
+                "weight": {
+                    "dtypes": ["int8", "fp8_e4m3fn"],
+                    "symmetric": [True],
+                    "granularities": ["per_channel"],
+                },
+                "activation": {
+                    "dtypes": ["int8", "fp8_e4m3fn"],
+                    "symmetric": [True],
+                    "granularities": ["per_tensor"],
+                },
+                "per_op": {
+                    "linear": {
+                        "weight": {
+                            "dtypes": ["int8", "fp8_e4m3fn", "int4"],
+                            "granularities": ["per_channel", "per_group"],
+                            "group_sizes": [64, 128],
+                        }
+                    }
+                },
+                "weight_only_dtypes": ["int4"],
+            },
+            "ops": {
+                "quantize": ["conv", "linear", "matmul", "add", "concat"],
+                "float_only": ["softmax", "layernorm", "gelu"],
+                "shared_scale": ["concat", "max_pool", "flatten", "transpose"],
+                "quantize_outputs": "when_consumed",
+            },
+            "fusions": [["conv", "relu"]],
         },
-        "ops": {
-            "quantize": ["conv", "linear", "matmul", "add", "concat"],
-            "float_only": ["softmax", "layernorm", "gelu"],
-            "shared_scale": ["concat", "max_pool", "flatten", "transpose"],
-            "quantize_outputs": "when_consumed",
-        },
-        "fusions": [["conv", "relu"]],
-    }, source="trt-like.toml")
+        source="trt-like.toml",
+    )
 
 
 @pytest.mark.parametrize(
     ("overrides", "fragments"),
     [
-        ({"layers": {"conv*": {"bits": 4}}},
-         ["layer 'conv1' (conv)", "weight dtype 'int4'", "overrides.layers['conv*']",
-          "target 'trt-like'", "allowed: int8, fp8_e4m3fn"]),
-        ({"activation": {"symmetric": False}},
-         ["layer 'conv1' (conv)", "activation symmetric False", "overrides.activation",
-          "allowed: True"]),
-        ({"layers": {"fc": {"weight": {"dtype": "int4", "granularity": "per_group",
-                                       "group_size": 32}}}},
-         ["layer 'fc' (linear)", "weight group_size 32", "overrides.layers['fc'].weight",
-          "allowed: 64, 128"]),
-        ({"weight": {"dtype": "uint8"}},
-         ["layer 'conv1' (conv)", "weight dtype 'uint8'", "overrides.weight",
-          "allowed: int8, fp8_e4m3fn"]),
-        ({"weight": {"granularity": "per_tensor"}},
-         ["weight granularity 'per_tensor'", "allowed: per_channel"]),
-        ({"layers": {"fc": {"bits": 5}}},
-         ["layer 'fc' (linear)", "bits 5", "overrides.layers['fc']", "choose bits from"]),
-        ({"dynamic": True},
-         ["overrides.dynamic", "target 'trt-like' does not support dynamic", "allowed: false"]),
+        (
+            {"layers": {"conv*": {"bits": 4}}},
+            [
+                "layer 'conv1' (conv)",
+                "weight dtype 'int4'",
+                "overrides.layers['conv*']",
+                "target 'trt-like'",
+                "allowed: int8, fp8_e4m3fn",
+            ],
+        ),
+        (
+            {"activation": {"symmetric": False}},
+            [
+                "layer 'conv1' (conv)",
+                "activation symmetric False",
+                "overrides.activation",
+                "allowed: True",
+            ],
+        ),
+        (
+            {
+                "layers": {
+                    "fc": {
+                        "weight": {"dtype": "int4", "granularity": "per_group", "group_size": 32}
+                    }
+                }
+            },
+            [
+                "layer 'fc' (linear)",
+                "weight group_size 32",
+                "overrides.layers['fc'].weight",
+                "allowed: 64, 128",
+            ],
+        ),
+        (
+            {"weight": {"dtype": "uint8"}},
+            [
+                "layer 'conv1' (conv)",
+                "weight dtype 'uint8'",
+                "overrides.weight",
+                "allowed: int8, fp8_e4m3fn",
+            ],
+        ),
+        (
+            {"weight": {"granularity": "per_tensor"}},
+            ["weight granularity 'per_tensor'", "allowed: per_channel"],
+        ),
+        (
+            {"layers": {"fc": {"bits": 5}}},
+            ["layer 'fc' (linear)", "bits 5", "overrides.layers['fc']", "choose bits from"],
+        ),
+        (
+            {"dynamic": True},
+            ["overrides.dynamic", "target 'trt-like' does not support dynamic", "allowed: false"],
+        ),
     ],
 )
 def test_disallowed_overrides(overrides: dict[str, Any], fragments: list[str]) -> None:
@@ -345,16 +448,25 @@ def test_disallowed_overrides(overrides: dict[str, Any], fragments: list[str]) -
 
 
 def test_malformed_overrides() -> None:
-    with pytest.raises(PlanError, match=r"overrides: unknown key 'ignore'; allowed keys: "
-                                        r"ignore_names, ignore_patterns, ignore_ops"):
+    with pytest.raises(
+        PlanError,
+        match=r"overrides: unknown key 'ignore'; allowed keys: "
+        r"ignore_names, ignore_patterns, ignore_ops",
+    ):
         Overrides.from_dict({"ignore": ["fc"]})
     with pytest.raises(PlanError, match=r"overrides\.layers\['fc'\]: unknown key 'wieght'"):
         Overrides.from_dict({"layers": {"fc": {"wieght": {}}}})
-    with pytest.raises(PlanError, match=r"overrides\.weight: unknown key 'dynamic'.*overrides\."
-                                        r"dynamic"):
+    with pytest.raises(
+        PlanError,
+        match=r"overrides\.weight: unknown key 'dynamic'.*overrides\."
+        r"dynamic",
+    ):
         Overrides(weight={"dynamic": True})
-    with pytest.raises(PlanError, match=r"overrides\.ignore_ops\[0\]: 'softmaxx' is not an op "
-                                        r"kind; allowed: conv"):
+    with pytest.raises(
+        PlanError,
+        match=r"overrides\.ignore_ops\[0\]: 'softmaxx' is not an op "
+        r"kind; allowed: conv",
+    ):
         Overrides(ignore_ops=("softmaxx",))
     with pytest.raises(PlanError, match=r"overrides\.activation\.dtype: unknown number format"):
         Overrides(activation={"dtype": "int9"})
@@ -363,15 +475,20 @@ def test_malformed_overrides() -> None:
 
 
 def test_overrides_round_trip() -> None:
-    ov = Overrides(ignore_patterns=("*.attn*",), ignore_ops=("softmax",),
-                   layers={"fc": {"bits": 4}}, dynamic=True)
+    ov = Overrides(
+        ignore_patterns=("*.attn*",),
+        ignore_ops=("softmax",),
+        layers={"fc": {"bits": 4}},
+        dynamic=True,
+    )
     assert Overrides.from_dict(ov.to_dict()) == ov
 
 
 def test_restricted_target_placement() -> None:
     t = restricted_target()
-    ov = Overrides(layers={"fc": {"weight": {"dtype": "int4", "granularity": "per_group",
-                                             "group_size": 64}}})
+    ov = Overrides(
+        layers={"fc": {"weight": {"dtype": "int4", "granularity": "per_group", "group_size": 64}}}
+    )
     g = residual_graph()
     g.initializers["fc.weight"] = np.ones((10, 128), np.float32)  # room for groups of 64
     p = plan(g, t, ov)
@@ -419,20 +536,26 @@ def test_dynamic_mode(generic: TargetSpec) -> None:
 
 
 def test_dynamic_per_token_override(generic: TargetSpec) -> None:
-    p = plan(transformer_graph(), generic,
-             Overrides(dynamic=True, activation={"granularity": "per_token", "symmetric": True}))
+    p = plan(
+        transformer_graph(),
+        generic,
+        Overrides(dynamic=True, activation={"granularity": "per_token", "symmetric": True}),
+    )
     spec = p.tensors["h1"].spec
-    assert spec == QuantSpec("int8", symmetric=True, granularity="per_token", axis=-1,
-                             dynamic=True)
+    assert spec == QuantSpec("int8", symmetric=True, granularity="per_token", axis=-1, dynamic=True)
     # the same override without dynamic mode is an invalid spec, named clearly
-    with pytest.raises(PlanError, match=r"layer 'blk\.attn\.q' \(linear\): invalid activation "
-                                        r"spec \(set by overrides\.activation\).*dynamic"):
+    with pytest.raises(
+        PlanError,
+        match=r"layer 'blk\.attn\.q' \(linear\): invalid activation "
+        r"spec \(set by overrides\.activation\).*dynamic",
+    ):
         plan(transformer_graph(), generic, Overrides(activation={"granularity": "per_token"}))
 
 
 def test_dynamic_default_target() -> None:
     doc = {
-        "name": "tpu-like", "artifact": "none",
+        "name": "tpu-like",
+        "artifact": "none",
         "weight": {"dtype": "int8", "granularity": "per_channel"},
         "activation": {"dtype": "int8"},
         "bias": {"mode": "float"},
@@ -477,17 +600,20 @@ def test_patterns_matching_nothing_warn(generic: TargetSpec) -> None:
 
 
 def test_fixed_output_propagates_through_share_group() -> None:
-    t = TargetSpec.from_dict({
-        "name": "tflite-like", "artifact": "tflite",
-        "weight": {"dtype": "int8", "narrow_range": True, "granularity": "per_channel"},
-        "activation": {"dtype": "int8", "symmetric": False},
-        "bias": {"mode": "int32"},
-        "ops": {
-            "quantize": ["linear", "softmax"],
-            "shared_scale": ["reshape"],
-            "fixed_output": {"softmax": {"scale": "1/256", "zero_point": -128}},
-        },
-    })
+    t = TargetSpec.from_dict(
+        {
+            "name": "tflite-like",
+            "artifact": "tflite",
+            "weight": {"dtype": "int8", "narrow_range": True, "granularity": "per_channel"},
+            "activation": {"dtype": "int8", "symmetric": False},
+            "bias": {"mode": "int32"},
+            "ops": {
+                "quantize": ["linear", "softmax"],
+                "shared_scale": ["reshape"],
+                "fixed_output": {"softmax": {"scale": "1/256", "zero_point": -128}},
+            },
+        }
+    )
     b = GraphBuilder()
     b.weighted("fc", "linear", "x", "logits", (10, 4))
     b.op("sm", "softmax", ["logits"], "probs")
@@ -509,7 +635,101 @@ def test_plan_to_dict_and_explain(generic: TargetSpec) -> None:
     assert d["target"] == "generic"
     assert d["share_groups"] == {"cat": ["ba", "bb", "cat_out", "p", "f"]}
     assert d["tensors"]["conv1.bias"]["bias_of"] == ["x", "conv1.weight"]
-    assert d["decisions"][0] == {"node": "conv1", "op": "conv", "quantized": True,
-                                 "reason": p.decision("conv1").reason}
+    assert d["decisions"][0] == {
+        "node": "conv1",
+        "op": "conv",
+        "quantized": True,
+        "reason": p.decision("conv1").reason,
+    }
     text = p.explain()
     assert "softmax" in text and "float-only" in text
+
+
+# ------------------------------------------------------------------------------------------------
+# ops.only_between_quantized: elementwise ops quantized only inside integer chains
+# ------------------------------------------------------------------------------------------------
+
+
+def between_target(quantize_outputs: str = "when_consumed") -> TargetSpec:
+    return TargetSpec.from_dict(
+        {
+            "name": "chain-only",
+            "artifact": "onnx",
+            "weight": {"dtype": "int8", "granularity": "per_channel"},
+            "activation": {"dtype": "uint8", "symmetric": False},
+            "ops": {
+                "quantize": ["conv", "linear", "matmul", "add", "concat"],
+                "only_between_quantized": ["add", "concat"],
+                "float_only": ["softmax", "layernorm", "gelu", "batchnorm"],
+                "shared_scale": ["concat", "max_pool", "flatten", "transpose"],
+                "quantize_outputs": quantize_outputs,
+            },
+            "fusions": [["conv", "relu"]],
+        },
+        source="chain-only",
+    )
+
+
+def test_between_quantized_keeps_cnn_residual_add() -> None:
+    b = GraphBuilder()
+    b.weighted("conv1", "conv", "x", "c1", (8, 3, 3, 3), channel_axis=0)
+    b.op("relu1", "relu", ["c1"], "r1")
+    b.weighted("conv2", "conv", "r1", "c2", (8, 8, 3, 3), channel_axis=0)
+    b.op("add1", "add", ["c2", "r1"], "s1")
+    b.op("relu2", "relu", ["s1"], "r2")
+    b.weighted("conv3", "conv", "r2", "c3", (8, 8, 1, 1), channel_axis=0)
+    p = plan(b.build(["x"], ["c3"], "res"), between_target())
+    assert p.decision("add1").quantized, p.decision("add1").reason
+    assert {"c2", "r1", "r2"} <= names(p.activations())  # relu2 is folded into the Q of r2
+
+
+def test_between_quantized_keeps_transformer_adds_float() -> None:
+    p = plan(transformer_graph(), between_target())
+    for add in ("blk.res1", "blk.res2"):
+        d = p.decision(add)
+        assert not d.quantized
+        assert "only between quantized ops" in d.reason
+    assert (
+        "comes from" in p.decision("blk.res1").reason
+        or "feeds only float" in p.decision("blk.res1").reason
+    )
+    # linear outputs go on in float (no quantized reader), their inputs are quantized
+    acts = names(p.activations())
+    assert "h1" in acts and "c" in acts and "o_out" not in acts and "r1" not in acts
+    # the attention matmul reads quantized q and transposed k
+    assert {"q_out", "kt_out"} <= acts
+
+
+def test_between_quantized_rejects_mask_add_and_chains_of_adds() -> None:
+    b = GraphBuilder()
+    b.weighted("q", "linear", "x", "q_out", (8, 8))
+    b.weighted("k", "linear", "x", "k_out", (8, 8))
+    b.op("kt", "transpose", ["k_out"], "kt_out")
+    b.op("scores", "matmul", ["q_out", "kt_out"], "s")
+    b.op("mask_ln", "layernorm", ["m"], "mask")  # stands for the float mask arithmetic
+    b.op("masked", "add", ["s", "mask"], "sm")
+    b.op("probs", "softmax", ["sm"], "p")
+    b.op("a1", "add", ["q_out", "k_out"], "t1")
+    b.op("a2", "add", ["t1", "q_out"], "t2")
+    b.weighted("fc", "linear", "t2", "y", (4, 8))
+    p = plan(b.build(["x", "m"], ["p", "y"], "attn"), between_target())
+    assert not p.decision("masked").quantized
+    assert "mask_ln (layernorm, float)" in p.decision("masked").reason
+    # a chain of adds between linears stays integer end to end
+    assert p.decision("a1").quantized and p.decision("a2").quantized
+
+
+def test_only_between_must_be_quantized_kinds() -> None:
+    from quantfw.target import TargetSpecError
+
+    with pytest.raises(TargetSpecError, match="only_between_quantized.*'mul'.*in ops.quantize"):
+        TargetSpec.from_dict(
+            {
+                "name": "bad",
+                "artifact": "onnx",
+                "weight": {"dtype": "int8"},
+                "activation": {"dtype": "uint8", "symmetric": False},
+                "ops": {"quantize": ["add"], "only_between_quantized": ["mul"]},
+            },
+            source="bad.toml",
+        )

@@ -67,8 +67,17 @@ def test_generic_target_contents() -> None:
     assert t.activation.spec() == QuantSpec("int8", symmetric=False, granularity="per_tensor")
     assert t.bias.mode == "int32"
     assert t.dynamic.supported and not t.dynamic.default
-    for kind in ("conv", "conv_transpose", "linear", "matmul", "add", "mul", "concat",
-                 "avg_pool", "global_avg_pool"):
+    for kind in (
+        "conv",
+        "conv_transpose",
+        "linear",
+        "matmul",
+        "add",
+        "mul",
+        "concat",
+        "avg_pool",
+        "global_avg_pool",
+    ):
         assert OpKind(kind) in t.ops.quantize
     for kind in ("softmax", "layernorm"):
         assert OpKind(kind) in t.ops.float_only
@@ -78,8 +87,10 @@ def test_generic_target_contents() -> None:
     assert (OpKind.LINEAR, OpKind.CLIP) in t.fusions
     # generic allows anything a user may ask for
     w_allowed, a_allowed = t.allowed_for("linear")
-    assert w_allowed.violations(QuantSpec("int4", granularity="per_group", axis=1,
-                                          group_size=32)) == []
+    assert (
+        w_allowed.violations(QuantSpec("int4", granularity="per_group", axis=1, group_size=32))
+        == []
+    )
     assert a_allowed.violations(QuantSpec("fp8_e4m3fn")) == []
 
 
@@ -108,13 +119,19 @@ def test_per_op_spec_replaces_defaults() -> None:
     doc["weight"] = {"dtype": "int4", "granularity": "per_group", "group_size": 32}
     doc["ops"]["per_op"] = {"conv": {"weight": {"dtype": "int8", "granularity": "per_channel"}}}
     t = TargetSpec.from_dict(doc)
-    assert t.weight_template("conv") == {"dtype": "int8", "symmetric": True,
-                                         "narrow_range": False, "granularity": "per_channel"}
+    assert t.weight_template("conv") == {
+        "dtype": "int8",
+        "symmetric": True,
+        "narrow_range": False,
+        "granularity": "per_channel",
+    }
     assert t.weight_template("linear")["group_size"] == 32
 
 
 def test_restricted_target_with_per_op_allowed_and_fixed_output(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         name = "trt-like"
         artifact = "onnx"
         fusions = [["conv", "relu"]]
@@ -144,7 +161,8 @@ def test_restricted_target_with_per_op_allowed_and_fixed_output(tmp_path: Path) 
         [ops.fixed_output.softmax]
         scale = "1/256"
         zero_point = -128
-    """)
+    """,
+    )
     t = load_target(path)
     assert t.allowed.weight.dtypes == ("int8", "fp8_e4m3fn")  # alias canonicalised
     w_conv, _ = t.allowed_for("conv")
@@ -177,8 +195,12 @@ BAD_VALUES = [
     ("name", "Bad Name", "name", ["'Bad Name'", "lower-case"]),
     ("simulation_only", "yes", "simulation_only", ["'yes'", "true, false"]),
     ("weight.dtype", "int9", "weight.dtype", ["'int9'", "int8", "fp8_e4m3fn"]),
-    ("weight.granularity", "per_row", "weight.granularity",
-     ["'per_row'", "per_tensor, per_channel, per_group"]),
+    (
+        "weight.granularity",
+        "per_row",
+        "weight.granularity",
+        ["'per_row'", "per_tensor, per_channel, per_group"],
+    ),
     ("weight.granularity", "per_token", "weight.granularity", ["'per_token'", "per_group"]),
     ("weight.group_size", 0, "weight.group_size", ["0", "positive integer"]),
     ("activation.symmetric", 1, "activation.symmetric", ["1", "true, false"]),
@@ -186,30 +208,53 @@ BAD_VALUES = [
     ("requires.gpu", "no", "requires.gpu", ["'no'", "true, false"]),
     ("requires.cpu_flags", ["avx2", "AVX 512"], "requires.cpu_flags[1]", ["'AVX 512'", "avx2"]),
     ("requires.modules", ["onnx runtime"], "requires.modules[0]", ["'onnx runtime'", "dotted"]),
-    ("dynamic.granularity", "per_channel", "dynamic.granularity",
-     ["'per_channel'", "per_tensor, per_token"]),
+    (
+        "dynamic.granularity",
+        "per_channel",
+        "dynamic.granularity",
+        ["'per_channel'", "per_tensor, per_token"],
+    ),
     ("dynamic.ops", ["matmul"], "dynamic.ops[0]", ["'matmul'", "conv, linear"]),
-    ("allowed.weight.dtypes", ["int8", "int7"], "allowed.weight.dtypes[1]", ["'int7'", "int4"]),
+    ("allowed.weight.dtypes", ["int8", "int5"], "allowed.weight.dtypes[1]", ["'int5'", "int4"]),
     ("allowed.weight.dtypes", [], "allowed.weight.dtypes", ["allows nothing", "*"]),
     ("allowed.weight.group_sizes", [64, -1], "allowed.weight.group_sizes[1]", ["-1", "positive"]),
-    ("allowed.activation.granularities", ["per_block"], "allowed.activation.granularities[0]",
-     ["'per_block'", "per_token"]),
-    ("ops.quantize_outputs", "sometimes", "ops.quantize_outputs",
-     ["'sometimes'", "always, when_consumed"]),
-    ("ops.fixed_output", {"softmax": {"scale": 0.1, "zero_point": 0}}, "ops.fixed_output.softmax",
-     ["'softmax'", "conv, linear"]),
+    (
+        "allowed.activation.granularities",
+        ["per_block"],
+        "allowed.activation.granularities[0]",
+        ["'per_block'", "per_token"],
+    ),
+    (
+        "ops.quantize_outputs",
+        "sometimes",
+        "ops.quantize_outputs",
+        ["'sometimes'", "always, when_consumed"],
+    ),
+    (
+        "ops.fixed_output",
+        {"softmax": {"scale": 0.1, "zero_point": 0}},
+        "ops.fixed_output.softmax",
+        ["'softmax'", "conv, linear"],
+    ),
     ("fusions", [["conv", "relux"]], "fusions[0][1]", ["'relux'", "relu"]),
     ("fusions", [["relu", "conv"]], "fusions[0][0]", ["'relu'", "conv, linear"]),
     ("fusions", [["conv"]], "fusions[0]", ["['conv']", "two or more"]),
-    ("ops.per_op", {"linear": {"weight": {"dtype": "int5"}}}, "ops.per_op.linear.weight.dtype",
-     ["'int5'", "int4"]),
+    (
+        "ops.per_op",
+        {"linear": {"weight": {"dtype": "int5"}}},
+        "ops.per_op.linear.weight.dtype",
+        ["'int5'", "int4"],
+    ),
     ("ops.per_op", {"lineer": {}}, "ops.per_op", ["'lineer'", "linear"]),
     ("dynamic.default", True, "dynamic.default", ["True", "false"]),
 ]
 
 
-@pytest.mark.parametrize(("dotted", "value", "key", "fragments"), BAD_VALUES,
-                         ids=[f"{b[0]}={b[1]!r}" for b in BAD_VALUES])
+@pytest.mark.parametrize(
+    ("dotted", "value", "key", "fragments"),
+    BAD_VALUES,
+    ids=[f"{b[0]}={b[1]!r}" for b in BAD_VALUES],
+)
 def test_bad_value_messages(dotted: str, value: Any, key: str, fragments: list[str]) -> None:
     doc = minimal()
     _set(doc, dotted, value)
@@ -224,8 +269,11 @@ def test_bad_value_messages(dotted: str, value: Any, key: str, fragments: list[s
 
 def test_bad_value_in_file_names_the_file(tmp_path: Path) -> None:
     text = (builtin_target_paths()[0]).read_text(encoding="utf-8")
-    text = text.replace('"conv", "conv_transpose", "linear", "matmul", "add"',
-                        '"conv", "conv_transpose", "convv", "matmul", "add"', 1)
+    text = text.replace(
+        '"conv", "conv_transpose", "linear", "matmul", "add"',
+        '"conv", "conv_transpose", "convv", "matmul", "add"',
+        1,
+    )
     assert "convv" in text
     path = write(tmp_path, text, "generic.toml")
     with pytest.raises(TargetSpecError) as info:
@@ -243,8 +291,11 @@ def test_bad_value_in_file_names_the_file(tmp_path: Path) -> None:
         ("requires.ram", "requires.ram", "cpu_flags, cpu_flags_any, modules, gpu"),
         ("ops.fuse", "ops.fuse", "quantize, float_only, shared_scale"),
         ("bias.dtype", "bias.dtype", "mode"),
-        ("dynamic.activation.granularity", "dynamic.activation.granularity",
-         "dtype, symmetric, narrow_range"),
+        (
+            "dynamic.activation.granularity",
+            "dynamic.activation.granularity",
+            "dtype, symmetric, narrow_range",
+        ),
         ("allowed.activation.group_sizes", "allowed.activation.group_sizes", "dtypes"),
         ("allowed.weight.dtype", "allowed.weight.dtype", "dtypes, granularities"),
     ],
@@ -272,11 +323,15 @@ def test_missing_required_key(missing: str) -> None:
 
 
 def test_missing_name_in_file(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         artifact = "none"
         [weight]
         dtype = "int8"
-    """, "noname.toml")
+    """,
+        "noname.toml",
+    )
     with pytest.raises(TargetSpecError, match=r"noname\.toml: name: required key is missing"):
         load_target(path)
 
@@ -333,8 +388,9 @@ def test_defaults_must_pass_own_allowed_lists() -> None:
 def test_contradictory_op_lists() -> None:
     doc = minimal()
     doc["ops"]["float_only"] = ["linear"]
-    with pytest.raises(TargetSpecError,
-                       match=r"ops\.float_only: 'linear' is also in ops\.quantize"):
+    with pytest.raises(
+        TargetSpecError, match=r"ops\.float_only: 'linear' is also in ops\.quantize"
+    ):
         TargetSpec.from_dict(doc, source="mini.toml")
     doc = minimal()
     doc["ops"]["float_only"] = ["relu"]
@@ -358,8 +414,9 @@ def test_bad_fixed_output_scale() -> None:
 
 
 def test_top_level_must_be_table() -> None:
-    with pytest.raises(TargetSpecError,
-                       match=r"^mini\.toml: top level: \['conv', 'linear'\] is not"):
+    with pytest.raises(
+        TargetSpecError, match=r"^mini\.toml: top level: \['conv', 'linear'\] is not"
+    ):
         TargetSpec.from_dict(copy.deepcopy(minimal())["ops"]["quantize"], source="mini.toml")
 
 
@@ -392,8 +449,7 @@ def test_availability_any_flags() -> None:
 def test_availability_reads_cpuinfo_file(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
-        "processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni\n\n"
-        "processor\t: 1\nflags\t\t: fpu avx2\n",
+        "processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n",
         encoding="utf-8",
     )
     assert read_cpu_flags(cpuinfo) == frozenset({"fpu", "avx2"})  # only what every core has

@@ -176,9 +176,7 @@ class StreamingHistogram:
             part *= inv_w
             np.floor(part, out=part)
             col = part.astype(np.int64) + row_base
-            self.counts += np.bincount(col.ravel(), minlength=c * self.bins).reshape(
-                c, self.bins
-            )
+            self.counts += np.bincount(col.ravel(), minlength=c * self.bins).reshape(c, self.bins)
 
     def merge(self, other: StreamingHistogram) -> None:
         """Add ``other``'s counts (same ``bins``, ``absolute`` and channel count)."""
