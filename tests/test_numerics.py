@@ -205,8 +205,10 @@ def test_float_quantize_matches_independent_cast(dtype, x, scale):
     expected = np.clip(x / F32(scale), -m, m).astype(fmt.storage)
     got = quantize(x, params, spec)
     assert got.dtype == fmt.storage
-    np.testing.assert_array_equal(got.view(np.uint8 if fmt.bits == 8 else np.uint16),
-                                  expected.view(np.uint8 if fmt.bits == 8 else np.uint16))
+    np.testing.assert_array_equal(
+        got.view(np.uint8 if fmt.bits == 8 else np.uint16),
+        expected.view(np.uint8 if fmt.bits == 8 else np.uint16),
+    )
 
 
 def test_fp8_per_channel_matches_independent_cast():
@@ -403,9 +405,7 @@ def test_per_group_with_partial_last_group():
     np.testing.assert_array_equal(lo, [[-2, 3, -10], [0.25, -8, 2]])
     np.testing.assert_array_equal(hi, [[1, 4, -10], [0.5, 1, 2]])
     p = params_from_tensor(x, spec)
-    np.testing.assert_array_equal(
-        p.scale, np.array([[2, 4, 10], [0.5, 8, 2]], F32) / F32(7)
-    )
+    np.testing.assert_array_equal(p.scale, np.array([[2, 4, 10], [0.5, 8, 2]], F32) / F32(7))
     scale, zp = broadcast_params(p, spec, x.shape)
     assert scale.shape == x.shape and zp.shape == x.shape
     np.testing.assert_array_equal(scale[0], np.array([2, 2, 4, 4, 10], F32) / F32(7))

@@ -118,9 +118,20 @@ def test_packed_nbytes():
 
 
 @pytest.mark.parametrize(
-    "name,bad", [("int4", 8), ("int4", -9), ("uint4", 16), ("uint4", -1), ("int3", 4),
-                 ("int3", -5), ("int2", 2), ("int2", -3), ("ternary", -2), ("int8", 128),
-                 ("uint8", 256)]
+    "name,bad",
+    [
+        ("int4", 8),
+        ("int4", -9),
+        ("uint4", 16),
+        ("uint4", -1),
+        ("int3", 4),
+        ("int3", -5),
+        ("int2", 2),
+        ("int2", -3),
+        ("ternary", -2),
+        ("int8", 128),
+        ("uint8", 256),
+    ],
 )
 def test_out_of_range_rejected(name, bad):
     with pytest.raises(ValueError, match=f"{bad}.*outside the {name} range"):

@@ -31,12 +31,16 @@ def test_cli_listing_examples_run():
     ]
     assert ["quantfw", "targets"] in commands
     for cmd in commands:
-        out = subprocess.run([sys.executable, "-m", "quantfw.cli", *cmd[1:]], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "quantfw.cli", *cmd[1:]], capture_output=True, text=True
+        )
         assert out.returncode == 0, (cmd, out.stderr)
 
 
 def test_demo_main_job():
-    out = subprocess.run([sys.executable, "-m", "quantfw.cli", "demo"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "quantfw.cli", "demo"], capture_output=True, text=True, check=True
+    )
     lines = out.stdout.splitlines()
     acc = {ln[:22].strip(): float(ln[22:32].strip().rstrip("%")) for ln in lines[2:]}
     assert acc["float32"] > 93
