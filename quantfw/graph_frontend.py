@@ -16,7 +16,7 @@ from .graph import QuantGraph
 from .graph_io import GRAPH_SUFFIX, load_graph
 from .interpreter import run_graph
 from .recipe import Recipe
-from .simulate import activation_hook, simulated_weights
+from .simulate import reference_runner
 
 __all__ = ["GraphFrontend"]
 
@@ -57,10 +57,4 @@ class GraphFrontend:
     def simulate(
         self, model: object, graph: QuantGraph, recipe: Recipe
     ) -> Callable[[Batch], dict[str, np.ndarray]]:
-        weights = simulated_weights(graph, recipe)
-        hook = activation_hook(recipe)
-
-        def run(batch: Batch) -> dict[str, np.ndarray]:
-            return run_graph(graph, batch, weights=weights, on_tensor=hook)
-
-        return run
+        return reference_runner(graph, recipe)

@@ -23,6 +23,7 @@ from .graph import GraphError, Node, OpKind, QuantGraph
 __all__ = ["run_graph", "supported_ops", "erf"]
 
 TensorHook = Callable[[str, np.ndarray], np.ndarray]
+InputHook = Callable[[Node, str, np.ndarray], np.ndarray]
 
 
 def erf(x: np.ndarray) -> np.ndarray:
@@ -226,6 +227,7 @@ def run_graph(
     outputs: Sequence[str] | None = None,
     weights: Mapping[str, np.ndarray] | None = None,
     on_tensor: TensorHook | None = None,
+    on_input: InputHook | None = None,
 ) -> dict[str, np.ndarray]:
     """Execute ``graph`` on ``feeds`` and return the tensors named in ``outputs``.
 
@@ -233,7 +235,10 @@ def run_graph(
     :param outputs: tensors to return (any graph input or node output); default graph outputs.
     :param weights: initializer values replacing the graph's own (e.g. fake-quantized weights).
     :param on_tensor: called on every graph input and node output as it is produced; its return
-        value replaces the tensor (fake quantization of activations).
+        value replaces the tensor for every reader (fake quantization of stored activations).
+    :param on_input: called as ``on_input(node, tensor name, value)`` when a node reads an
+        activation input; its return value is what that node alone sees (quantization on one
+        edge, as a QDQ pair in front of one consumer).
     :raises ValueError: on a missing feed or a tensor name the graph does not compute.
     """
     missing = [i for i in graph.inputs if i not in feeds]
@@ -263,6 +268,8 @@ def run_graph(
         env[name] = on_tensor(name, v) if on_tensor else v
     for node in graph.nodes:
         args = [env[t] if t in env else consts[t] for t in node.inputs]
+        if on_input is not None:
+            args = [on_input(node, t, a) if t in env else a for t, a in zip(node.inputs, args, strict=True)]
         wt = {role: consts[w] for role, w in node.weights.items()}
         try:
             y = _eval(node, args, wt)

@@ -275,6 +275,10 @@ class TensorPlan:
     :param consumers: quantized nodes that read this tensor quantized.
     :param producer: the node writing an activation (``None`` for graph inputs and constants).
     :param fixed_params: params the runtime imposes (TFLite softmax: 1/256, -128), else ``None``.
+    :param all_readers: ``True`` when every reader sees the quantized value (the tensor itself is
+        stored quantized: targets with ``quantize_outputs = "always"``); ``False`` when only
+        ``consumers`` read it quantized and other readers keep the float value (QDQ on the
+        consumers' edges: ``when_consumed`` targets and dynamic activations).
     """
 
     name: str
@@ -286,6 +290,7 @@ class TensorPlan:
     consumers: tuple[str, ...] = ()
     producer: str | None = None
     fixed_params: QuantParams | None = None
+    all_readers: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -297,6 +302,7 @@ class TensorPlan:
             "consumers": list(self.consumers),
             "share_group": self.share_group,
             "bias_of": None if self.bias_of is None else list(self.bias_of),
+            "all_readers": self.all_readers,
         }
         if self.fixed_params is not None:
             d["fixed_params"] = {
@@ -1030,6 +1036,8 @@ class _Planner:
                 consumers=readers,
                 producer=producer.name if producer is not None and role == "activation" else None,
                 fixed_params=fixed_params,
+                all_readers=role != "activation"
+                or (self.t.ops.quantize_outputs == "always" and not spec.dynamic),
             )
         return tensors, groups
 

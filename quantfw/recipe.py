@@ -41,6 +41,9 @@ class TensorRecipe:
     :param node: node owning a weight or bias (``None`` for activations).
     :param shape: the tensor's shape where known (activations: as observed, batch axis included).
     :param share_group: tensors of the same group carry identical params.
+    :param consumers: ``None`` when every reader sees the quantized value (the tensor is stored
+        quantized); otherwise the names of the graph nodes that read it quantized, while other
+        readers keep the float value (Q/DQ on those edges only).
     """
 
     name: str
@@ -50,8 +53,11 @@ class TensorRecipe:
     node: str | None = None
     shape: tuple[int, ...] | None = None
     share_group: str | None = None
+    consumers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.consumers is not None:
+            self.consumers = tuple(self.consumers)
         if self.role not in _ROLES:
             raise RecipeError(f"tensor {self.name!r}: role {self.role!r} is not one of {_ROLES}")
         if self.params is None and not self.spec.dynamic:
@@ -81,6 +87,11 @@ class Recipe:
     # -- convenience ---------------------------------------------------------------------------
     def add(self, tensor: TensorRecipe) -> None:
         self.tensors[tensor.name] = tensor
+
+    def reads_quantized(self, tensor: str, node: str) -> bool:
+        """Whether graph node ``node`` reads activation ``tensor`` quantized."""
+        t = self.tensors.get(tensor)
+        return t is not None and (t.consumers is None or node in t.consumers)
 
     def of_role(self, role: str) -> dict[str, TensorRecipe]:
         return {k: v for k, v in self.tensors.items() if v.role == role}
@@ -121,6 +132,8 @@ class Recipe:
                 entry["shape"] = list(t.shape)
             if t.share_group is not None:
                 entry["share_group"] = t.share_group
+            if t.consumers is not None:
+                entry["consumers"] = list(t.consumers)
             if t.params is not None:
                 entry["scale"] = f"params/{name}/scale"
                 entry["zero_point"] = f"params/{name}/zero_point"
@@ -223,6 +236,7 @@ class Recipe:
                         node=entry.get("node"),
                         shape=tuple(entry["shape"]) if "shape" in entry else None,
                         share_group=entry.get("share_group"),
+                        consumers=entry.get("consumers"),
                     )
                 )
             for name, entry in doc.get("weights", {}).items():

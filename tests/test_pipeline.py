@@ -1,5 +1,8 @@
 """quantfw.quantize end to end on real data, checked against independent computations."""
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -232,3 +235,58 @@ def test_events_plugins_and_backends(digits, tmp_path):
         with np.load(out, allow_pickle=False) as data:
             assert data["fc1.weight"].dtype == np.int8
         assert "toy wrote" in res.summary.backend
+
+
+def test_consumer_side_quantization_leaves_float_readers_float():
+    """On a when_consumed target only the quantized reader sees the quantized value."""
+    rng = np.random.default_rng(5)
+    g = QuantGraph(
+        [
+            Node("ln", "layernorm", ["x"], ["h"]),
+            Node("fc", "linear", ["h"], ["f"], weights={"weight": "w"}),
+            Node("res", "add", ["f", "h"], ["y"]),
+        ],
+        ["x"],
+        ["y"],
+        {"w": rng.normal(size=(6, 6)).astype(np.float32)},
+    )
+    target = TargetSpec.from_dict(
+        {
+            "name": "edges",
+            "artifact": "none",
+            "weight": {"dtype": "int8", "granularity": "per_channel"},
+            "activation": {"dtype": "uint8", "symmetric": False},
+            "ops": {
+                "quantize": ["linear", "add"],
+                "only_between_quantized": ["add"],
+                "float_only": ["layernorm"],
+                "quantize_outputs": "when_consumed",
+            },
+        },
+        source="edges",
+    )
+
+    class EdgesPlugin:
+        @quantfw.hookimpl
+        def quantfw_register_targets(self, register):
+            register(target)
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    pm.register(EdgesPlugin(), name="edges")
+    x = rng.normal(size=(32, 6)).astype(np.float32)
+    with use_plugin_manager(pm):
+        res = quantfw.quantize(g, x, target="edges")
+    h_rec = res.recipe.tensors["h"]
+    assert h_rec.consumers == ("fc",)
+    assert not res.plan.decision("res").quantized
+    # reference by hand: fc reads fq(h), the residual add reads the float h
+    h = quantfw.interpreter.run_graph(g, {"x": x}, outputs=["h"])["h"]
+    w = res.recipe.tensors["w"]
+    f = (
+        fake_quantize(h, h_rec.params, h_rec.spec)
+        @ fake_quantize(g.initializers["w"], w.params, w.spec).T
+    )
+    np.testing.assert_allclose(res.simulate()({"x": x})["y"], f + h, rtol=1e-5, atol=1e-5)
+    # and the recipe keeps that through a save/load
+    back = quantfw.Recipe.load(res.recipe.save(Path(tempfile.mkdtemp()) / "r")[0])
+    assert back.tensors["h"].consumers == ("fc",)

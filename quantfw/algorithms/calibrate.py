@@ -162,6 +162,7 @@ class ObserverCalibration:
                     params,
                     shape=shapes.get(tp.name),
                     share_group=tp.share_group,
+                    consumers=None if tp.all_readers else tp.consumers,
                 )
             )
 

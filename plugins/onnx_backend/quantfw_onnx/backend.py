@@ -1,0 +1,296 @@
+"""The ``onnxruntime`` backend: Recipe -> QDQ ONNX artifact, run by ONNX Runtime's CPU provider.
+
+``lower`` writes the float model (the frontend's prepared copy, ``graph.source``) with the
+recipe's Q/DQ (see :mod:`quantfw_onnx.qdq` for what ONNX Runtime fuses and why the lowering looks
+the way it does), checks it with ``onnx.checker`` and writes it atomically.  ``run`` executes an
+artifact with all graph optimizations on, so the integer kernels are the ones that run.
+
+An artifact with full 8-bit weights is exact only on CPUs with VNNI: on AVX2 without VNNI the
+u8 x s8 kernel saturates in int16 (:mod:`quantfw_onnx.avx2`).  ``run`` refuses such an artifact
+on such a CPU instead of returning silently wrong numbers (``check_cpu=False`` lets it run).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantfw.components import Artifact, Batch
+from quantfw.fileio import atomic_write_bytes, check_not_input
+from quantfw.graph import QuantGraph
+from quantfw.recipe import Recipe
+
+from .avx2 import max_safe_weight_code
+
+__all__ = [
+    "OnnxRuntimeBackend",
+    "PROTOBUF_LIMIT",
+    "MATMULNBITS_ACCURACY_LEVEL",
+    "artifact_stats",
+    "run_session",
+]
+
+#: A single protobuf message cannot exceed 2 GiB; above this the weights go to an external file.
+PROTOBUF_LIMIT = (1 << 31) - (64 << 20)
+#: ``MatMulNBits`` accuracy level of the sessions this backend opens (1 = float32 compute).
+MATMULNBITS_ACCURACY_LEVEL = 1
+
+_INSTALL = 'pip install "quantfw[onnx]"'
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise RuntimeError(
+            f"the onnxruntime backend needs ONNX Runtime, which is not importable here ({exc}); "
+            f"{_INSTALL}"
+        ) from None
+    return onnxruntime
+
+
+def _load_model(model: object, graph: QuantGraph) -> Any:
+    import onnx
+
+    if isinstance(graph.source, onnx.ModelProto):
+        return graph.source
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, QuantGraph) and isinstance(model.source, onnx.ModelProto):
+        return model.source  # the graph frontend's capture copies the graph without its source
+    if isinstance(model, (str, os.PathLike)):
+        return onnx.load(os.fspath(model))
+    raise ValueError(
+        f"graph {graph.name!r} carries no ONNX model (graph.source is "
+        f"{type(graph.source).__name__}) and the model is a {type(model).__name__}: capture the "
+        "model with the onnx frontend, or pass the float onnx.ModelProto / .onnx path"
+    )
+
+
+def artifact_stats(model: Any) -> dict[str, Any]:
+    """Counts describing a lowered model: Q/DQ nodes, integer ops, the weight code range."""
+    from onnx import TensorProto, numpy_helper
+
+    from .qdq import count_ops
+
+    ops = count_ops(model)
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    max_code = 0
+    int8_weights = 0
+    for n in g.node:
+        if n.op_type not in ("DequantizeLinear", "MatMulInteger"):
+            continue
+        names = [n.input[0]] if n.op_type == "DequantizeLinear" else list(n.input[:2])
+        for x in names:
+            t = inits.get(x)
+            if t is None or t.data_type != TensorProto.INT8 or t.data_location == 1:
+                continue
+            codes = numpy_helper.to_array(t)
+            if codes.size:
+                int8_weights += 1
+                max_code = max(max_code, int(np.abs(codes.astype(np.int64)).max()))
+    q = ops.get("QuantizeLinear", 0)
+    dq = ops.get("DequantizeLinear", 0)
+    return {
+        "quantize_linear": q,
+        "dequantize_linear": dq,
+        "qdq_nodes": q + dq,
+        "dynamic_quantize_linear": ops.get("DynamicQuantizeLinear", 0),
+        "matmul_integer": ops.get("MatMulInteger", 0),
+        "int8_weight_tensors": int8_weights,
+        "max_weight_code": max_code,
+        "needs_vnni": max_code > max_safe_weight_code(255),
+    }
+
+
+def _cpu_vnni() -> tuple[bool, str]:
+    """``(has_vnni, what was found)`` for this machine (x86 Linux flags)."""
+    from quantfw.target import read_cpu_flags
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386", "x86"):
+        return True, f"not an x86 CPU ({platform.machine()})"
+    flags = read_cpu_flags()
+    if flags is None:
+        return True, "CPU flags unreadable"
+    found = [f for f in _VNNI_FLAGS if f in flags]
+    if found:
+        return True, ", ".join(found)
+    return False, "avx2 without VNNI" if "avx2" in flags else "no avx2 and no VNNI"
+
+
+class OnnxRuntimeBackend:
+    """Lowers recipes to ONNX QDQ models and runs them with ONNX Runtime's CPU provider.
+
+    :param fmt: ``"qdq"`` (the only format written so far).
+    :param check_cpu: refuse, in :meth:`run`, artifacts whose 8-bit weights saturate on this CPU.
+    :param threads: intra-op threads for :meth:`run`'s sessions (``None``: ONNX Runtime's choice).
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, *, fmt: str = "qdq", check_cpu: bool = True, threads: int | None = None):
+        self.fmt = fmt
+        self.check_cpu = check_cpu
+        self.threads = threads
+        self._sessions: dict[tuple[Any, ...], Any] = {}
+
+    # -- lowering ------------------------------------------------------------------------------
+    def lower(self, model: object, graph: QuantGraph, recipe: Recipe, output: Path) -> Artifact:
+        """Write the quantized model to ``output`` atomically and describe it.
+
+        :raises ValueError: when ``output`` is the input model's file, or the recipe cannot be
+            expressed in ONNX (:class:`~quantfw_onnx.qdq.LoweringError`).
+        """
+        import onnx
+
+        from .qdq import write_qdq
+
+        output = Path(output)
+        if isinstance(model, (str, os.PathLike)):
+            check_not_input(output, [model])
+        source = _load_model(model, graph)
+        qmodel = write_qdq(source, graph, recipe, fmt=self.fmt)
+        stats = artifact_stats(qmodel)
+        size = qmodel.ByteSize()
+        external = None
+        if size > PROTOBUF_LIMIT:
+            external = self._write_external(qmodel, output)
+        else:
+            onnx.checker.check_model(qmodel, full_check=True)
+            atomic_write_bytes(output, qmodel.SerializeToString())
+        opset = next(
+            (int(i.version) for i in qmodel.opset_import if i.domain in ("", "ai.onnx")), 0
+        )
+        file_size = output.stat().st_size + (external.stat().st_size if external else 0)
+        metadata = {
+            "format": self.fmt,
+            "opset": opset,
+            **stats,
+            "file_size": file_size,
+            "external_data": None if external is None else str(external),
+            "runtime": "onnxruntime (CPUExecutionProvider)",
+        }
+        return Artifact(path=output, target=recipe.target, format="onnx", metadata=metadata)
+
+    @staticmethod
+    def _write_external(qmodel: Any, output: Path) -> Path:
+        """Save a model above protobuf's 2 GiB limit as ``output`` + ``output.data``, each
+        moved into place only after the whole pair was written and checked."""
+        import onnx
+
+        output.parent.mkdir(parents=True, exist_ok=True)
+        data_name = output.name + ".data"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+        try:
+            onnx.save_model(
+                qmodel,
+                str(tmp / output.name),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=1024,
+            )
+            onnx.checker.check_model(str(tmp / output.name), full_check=True)
+            os.replace(tmp / data_name, output.parent / data_name)
+            os.replace(tmp / output.name, output)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return output.parent / data_name
+
+    # -- running -------------------------------------------------------------------------------
+    def session(
+        self,
+        path: str | os.PathLike[str] | bytes,
+        optimized: bool = True,
+        threads: int | None = None,
+    ) -> Any:
+        """An ONNX Runtime CPU session for ``path`` (or serialized model bytes): all graph
+        optimizations (the fused integer kernels) when ``optimized``, none otherwise (every Q/DQ
+        executed as written).
+
+        Weight-only ``DQ -> MatMul`` is fused into ``MatMulNBits``, whose default accuracy level
+        (4) quantizes the *activations* to int8 on the fly -- a quantization the recipe never
+        asked for, worth ~1e-2 absolute error on a unit-scale layer.  The session pins
+        :data:`MATMULNBITS_ACCURACY_LEVEL` (1: float32 compute) so the artifact computes what the
+        simulation computes.
+        """
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if optimized
+            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        so.add_session_config_entry(
+            "session.qdq_matmulnbits_accuracy_level", str(MATMULNBITS_ACCURACY_LEVEL)
+        )
+        if threads is not None:
+            so.intra_op_num_threads = int(threads)
+        source = path if isinstance(path, bytes) else os.fspath(path)
+        return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+    def run(self, artifact: Artifact, inputs: Batch) -> dict[str, np.ndarray]:
+        """Run ``artifact`` on ``inputs`` (input name -> array) with all optimizations on.
+
+        :raises RuntimeError: when ONNX Runtime is missing, or when the artifact's 8-bit weights
+            would saturate in this CPU's AVX2 kernel (no VNNI) and ``check_cpu`` is on.
+        :raises ValueError: on missing or unknown input names.
+        """
+        if self.check_cpu and artifact.metadata.get("needs_vnni"):
+            ok, found = _cpu_vnni()
+            if not ok:
+                raise RuntimeError(
+                    f"{artifact.path} has 8-bit weights (codes up to "
+                    f"{artifact.metadata.get('max_weight_code')}) and this CPU has {found}: ONNX "
+                    "Runtime's AVX2 u8 x s8 kernel would saturate in int16 and return wrong "
+                    "numbers. Lower for target 'x86-avx2' (7-bit weights), or pass "
+                    "check_cpu=False to run anyway"
+                )
+        path = Path(artifact.path)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size, self.threads)
+        sess = self._sessions.get(key)
+        if sess is None:
+            sess = self.session(path, optimized=True, threads=self.threads)
+            self._sessions = {key: sess}  # keep one: artifacts are rewritten in place
+        return run_session(sess, inputs)
+
+
+_ORT_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def run_session(sess: Any, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Feed ``inputs`` (cast to the session's input types) and return outputs by name."""
+    wanted = [i for i in sess.get_inputs()]
+    names = [i.name for i in wanted]
+    missing = [n for n in names if n not in inputs]
+    unknown = [n for n in inputs if n not in names]
+    if missing or unknown:
+        raise ValueError(f"the model takes inputs {names}; missing {missing}, unknown {unknown}")
+    feeds = {}
+    for i in wanted:
+        arr = np.asarray(inputs[i.name])
+        dtype = _ORT_NUMPY.get(i.type)
+        if dtype is not None and arr.dtype != dtype:
+            arr = arr.astype(dtype)
+        feeds[i.name] = arr
+    outs = sess.run(None, feeds)
+    return {o.name: v for o, v in zip(sess.get_outputs(), outs, strict=True)}
