@@ -330,9 +330,8 @@ def quantize(x: Any, params: QuantParams, spec: QuantSpec) -> np.ndarray:
     _check_no_nan(x32, f"quantize to {spec.dtype}")
     # Round in float32 (as the runtimes do); add the zero point and saturate in float64 so that
     # the int32 grid's bounds are exact.  For <= 8-bit grids this equals the float32 result.
-    r = np.rint(y).astype(np.float64) + zp
-    np.clip(r, spec.qmin, spec.qmax, out=r)
-    return r.astype(fmt.storage)
+    r = np.clip(np.rint(y).astype(np.float64) + zp, spec.qmin, spec.qmax)
+    return np.asarray(r).astype(fmt.storage)
 
 
 def dequantize(q: Any, params: QuantParams, spec: QuantSpec) -> np.ndarray:

@@ -517,3 +517,14 @@ def test_quantization_error():
     exact = np.array([0.0, 0.5, -1.0], F32)
     e = quantization_error(exact, QuantSpec("int8"), QuantParams(F32(0.5)))
     assert e["mse"] == 0.0 and e["sqnr_db"] == float("inf")
+
+
+def test_zero_dim_tensors():
+    """Scalars (0-d arrays, e.g. an ONNX Mul's constant operand) quantize like any tensor."""
+    for dtype, sym in (("uint8", False), ("int8", True), ("fp8_e4m3fn", True)):
+        spec = QuantSpec(dtype, symmetric=sym)
+        x = np.array(0.37, np.float32)
+        p = params_from_tensor(x, spec)
+        q = quantize(x, p, spec)
+        assert q.shape == () and q.dtype == spec.format.storage
+        assert abs(float(dequantize(q, p, spec)) - 0.37) <= float(p.scale) / 2 + 1e-7
