@@ -2,7 +2,7 @@
 
 * frontend ``graph``: QuantGraph objects and ``.qgraph`` files, run by the numpy interpreter;
 * calibrate algorithms ``minmax``, ``moving_average``, ``percentile``, ``entropy``, ``mse``;
-* round algorithm ``nearest``;
+* round algorithm ``nearest``; transforms ``smoothquant`` (default) and ``none``;
 * the target specs shipped in ``quantfw/targets/`` (``generic``: simulation only).
 """
 
@@ -35,6 +35,17 @@ def _calibration(method: str, **options):
     return ObserverCalibration(method, **options)
 
 
+def _smoothquant(**options):
+    from .algorithms.smoothquant import SmoothQuant
+
+    return SmoothQuant(**options)
+
+
+class _NoTransform:
+    def run(self, ctx) -> None:
+        """Nothing: the model's weights are used as they are."""
+
+
 def _nearest():
     from .algorithms.rounding import NearestRounding
 
@@ -62,6 +73,22 @@ def quantfw_register_algorithms(register: Callable[[AlgorithmInfo], None]) -> No
     register(
         AlgorithmInfo(
             "nearest", Stage.ROUND, _nearest, description="round to nearest, half to even"
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "smoothquant",
+            Stage.TRANSFORM,
+            _smoothquant,
+            description="SmoothQuant: move activation outliers into linear weights (alpha=auto)",
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "none",
+            Stage.TRANSFORM,
+            _NoTransform,
+            description="no transform (skips the default SmoothQuant)",
         )
     )
 

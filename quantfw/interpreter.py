@@ -269,7 +269,10 @@ def run_graph(
     for node in graph.nodes:
         args = [env[t] if t in env else consts[t] for t in node.inputs]
         if on_input is not None:
-            args = [on_input(node, t, a) if t in env else a for t, a in zip(node.inputs, args, strict=True)]
+            args = [
+                on_input(node, t, a) if t in env else a
+                for t, a in zip(node.inputs, args, strict=True)
+            ]
         wt = {role: consts[w] for role, w in node.weights.items()}
         try:
             y = _eval(node, args, wt)

@@ -47,6 +47,7 @@ __all__ = [
     "broadcast_params",
     "param_shape",
     "quantization_error",
+    "fake_quantize_smoothed",
 ]
 
 _F32 = np.float32
@@ -392,3 +393,16 @@ def quantization_error(
     else:
         sqnr = 10.0 * math.log10(signal / mse)
     return {"mse": mse, "max_abs": max_abs, "sqnr_db": sqnr}
+
+
+# ---------------------------------------------------------------------------------------------
+# smoothing (SmoothQuant-style per-channel input scaling)
+# ---------------------------------------------------------------------------------------------
+def fake_quantize_smoothed(x: Any, params: QuantParams, spec: QuantSpec, smooth: Any) -> np.ndarray:
+    """What the consumers of a smoothed activation see: ``x / smooth`` (float32 division, one
+    divisor per channel of the last axis; their weights were multiplied by ``smooth``), then
+    quantized per tensor with ``params``, float32."""
+    s = np.asarray(smooth, dtype=_F32)
+    if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
+        raise ValueError("smoothing factors must be a 1-D array of finite positive values")
+    return fake_quantize(_as_array(x).astype(_F32) / s, params, spec)

@@ -28,8 +28,15 @@ __all__ = [
     "DEFAULT_ALGORITHMS",
 ]
 
-#: Used for a stage when the user names no algorithm of it.
-DEFAULT_ALGORITHMS: dict[Stage, str] = {Stage.CALIBRATE: "minmax", Stage.ROUND: "nearest"}
+#: Used for a stage when the user names no algorithm of it.  SmoothQuant only acts on
+#: activations quantized on their consumers' edges that feed linear layers (transformer
+#: projections on ONNX Runtime / TensorRT targets), and keeps a layer unsmoothed when that is
+#: better; name the transform ``none`` to skip it.
+DEFAULT_ALGORITHMS: dict[Stage, str] = {
+    Stage.TRANSFORM: "smoothquant",
+    Stage.CALIBRATE: "minmax",
+    Stage.ROUND: "nearest",
+}
 
 AlgorithmChoice = str | tuple[str, Mapping[str, Any]]
 
@@ -46,6 +53,8 @@ class StageContext:
     :ivar recipe: filled in by the stages.
     :ivar calibration: validated batches, or ``None`` when none were given.
     :ivar options: free-form options from ``quantize(..., options=...)``.
+    :ivar smoothing: activation name → per-channel divisors chosen by a transform (SmoothQuant);
+        the calibrate stage observes ``x / smoothing[x]`` and records it in the recipe.
     """
 
     model: object
@@ -58,6 +67,7 @@ class StageContext:
     calibration: CalibrationData | None
     progress: Callable[[str, int, int | None], None] = lambda task, done, total: None
     options: dict[str, Any] = field(default_factory=dict)
+    smoothing: dict[str, np.ndarray] = field(default_factory=dict)
 
     def weight(self, name: str) -> np.ndarray:
         """Current value of an initializer (a rewritten one if a transform changed it)."""
@@ -66,7 +76,9 @@ class StageContext:
         return self.graph.initializers[name]
 
     def set_weight(self, name: str, value: np.ndarray) -> None:
-        """Replace an initializer; recorded in the recipe so backends use the new value."""
+        """Replace an initializer of the float model (bn folding, equalisation): calibration runs
+        see it, and the recipe records it so backends use it too.  A rewrite that is only valid
+        together with quantization (SmoothQuant's ``s * W``) goes to ``recipe.weights`` alone."""
         self.recipe.weights[name] = np.asarray(value)
         self.graph.initializers[name] = self.recipe.weights[name]
 

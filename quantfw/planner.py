@@ -39,6 +39,11 @@ Rules, in the order they are applied
      quantizes its weight and nothing else;
    * in **dynamic mode** activation inputs get a dynamic spec (``dynamic.granularity``), outputs
      and biases stay float, and there are no shared or fixed scales.
+
+   **Weight-only kinds** (the target's ``ops.weight_only``, e.g. ``embedding``): a node of such a
+   kind that is not ignored quantizes its ``weights["weight"]`` with the weight spec (per-channel
+   axis from ``attrs["channel_axis"]``, default 0: one scale per row of an embedding table) and
+   nothing else -- its indices, output and bias stay float -- in static and dynamic mode alike.
 5. **Fixed-output** kinds record the runtime's params in the output's ``fixed_params``.
 6. **Shared scales** (static mode): a shared-scale node in ``ops.quantize`` (concat) is a unit whose
    data inputs and output are joined into one share group.  A shared-scale node *not* in
@@ -624,10 +629,14 @@ class _Planner:
         reasons: dict[str, tuple[bool, str]] = {}
         units: list[str] = []
         for n in g.nodes:
-            if n.name in tail_of or not eligible(n):
+            if n.name in tail_of:
                 continue
-            units.append(n.name)
-            reasons[n.name] = (True, self.plan_unit(fusion_of.get(n.name, [n]), dynamic))
+            if eligible(n):
+                units.append(n.name)
+                reasons[n.name] = (True, self.plan_unit(fusion_of.get(n.name, [n]), dynamic))
+            elif n.op in t.ops.weight_only and n.name not in ignored and "weight" in n.weights:
+                units.append(n.name)
+                reasons[n.name] = (True, self.plan_weight_only(n))
 
         passthrough: set[str] = set()
         if not dynamic:
@@ -911,6 +920,30 @@ class _Planner:
                 self.union(self.data_inputs(m) + list(m.outputs), m)
                 extra += " (inputs and output share one scale)"
         return f"quantized: {op}{fused}{extra}"
+
+    def plan_weight_only(self, node: Node) -> str:
+        """A node of an ``ops.weight_only`` kind: its weight alone is quantized."""
+        spec = self.resolve(node, "weight")
+        self.claims.setdefault(node.weights["weight"], []).append(_Claim(node.name, spec, "weight"))
+        self.readers.setdefault(node.weights["weight"], []).append(node.name)
+        what = "table" if node.op is OpKind.EMBEDDING else "weight"
+        return (
+            f"weight-only: {node.op.value} {what} {spec.dtype} {self.granularity_words(node, spec)}"
+        )
+
+    def granularity_words(self, node: Node, spec: QuantSpec) -> str:
+        g = spec.granularity
+        if g is Granularity.PER_TENSOR:
+            return "per tensor"
+        w = self.g.weight(node)
+        axis = int(spec.axis or 0)
+        if w is not None and w.ndim:
+            axis %= w.ndim
+        if g is Granularity.PER_CHANNEL:
+            if node.op is OpKind.EMBEDDING and w is not None and w.ndim == 2:
+                return "per row" if axis == 0 else "per column"
+            return f"per channel (axis {axis})"
+        return f"per group of {spec.group_size} (axis {axis})"
 
     @staticmethod
     def int32_bias_ok(wspec: QuantSpec, aspec: QuantSpec) -> bool:

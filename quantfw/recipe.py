@@ -44,6 +44,9 @@ class TensorRecipe:
     :param consumers: ``None`` when every reader sees the quantized value (the tensor is stored
         quantized); otherwise the names of the graph nodes that read it quantized, while other
         readers keep the float value (Q/DQ on those edges only).
+    :param smooth: per-channel divisors (last axis) for a smoothed activation: its consumers read
+        ``x / smooth`` quantized with ``params`` and their weights were multiplied by ``smooth``
+        (see :func:`quantfw.numerics.fake_quantize_smoothed`).
     """
 
     name: str
@@ -54,8 +57,22 @@ class TensorRecipe:
     shape: tuple[int, ...] | None = None
     share_group: str | None = None
     consumers: tuple[str, ...] | None = None
+    smooth: np.ndarray | None = field(default=None, compare=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TensorRecipe):
+            return NotImplemented
+        same_smooth = (self.smooth is None) == (other.smooth is None) and (
+            self.smooth is None or np.array_equal(self.smooth, other.smooth)
+        )
+        return same_smooth and all(
+            getattr(self, f) == getattr(other, f)
+            for f in ("name", "role", "spec", "params", "node", "shape", "share_group", "consumers")
+        )
 
     def __post_init__(self) -> None:
+        if self.smooth is not None:
+            self.smooth = np.asarray(self.smooth, dtype=np.float32)
         if self.consumers is not None:
             self.consumers = tuple(self.consumers)
         if self.role not in _ROLES:
@@ -139,6 +156,9 @@ class Recipe:
                 entry["zero_point"] = f"params/{name}/zero_point"
                 arrays[entry["scale"]] = np.array(t.params.scale, order="C")
                 arrays[entry["zero_point"]] = np.array(t.params.zero_point, order="C")
+                if t.smooth is not None:
+                    entry["smooth"] = f"params/{name}/smooth"
+                    arrays[entry["smooth"]] = np.array(t.smooth, order="C")
                 if t.params.scale.size <= 4:  # readable in a diff
                     entry["scale_values"] = [float(v) for v in t.params.scale.ravel()]
                     entry["zero_point_values"] = [int(v) for v in t.params.zero_point.ravel()]
@@ -237,6 +257,7 @@ class Recipe:
                         shape=tuple(entry["shape"]) if "shape" in entry else None,
                         share_group=entry.get("share_group"),
                         consumers=entry.get("consumers"),
+                        smooth=array(entry["smooth"]) if "smooth" in entry else None,
                     )
                 )
             for name, entry in doc.get("weights", {}).items():

@@ -12,7 +12,7 @@ import numpy as np
 
 from .graph import Node, QuantGraph
 from .interpreter import InputHook, TensorHook
-from .numerics import dequantize, fake_quantize, quantize_dynamic
+from .numerics import dequantize, fake_quantize, fake_quantize_smoothed, quantize_dynamic
 from .recipe import Recipe, TensorRecipe
 
 __all__ = ["simulated_weights", "activation_hooks", "reference_runner"]
@@ -53,6 +53,8 @@ def activation_hooks(recipe: Recipe) -> tuple[TensorHook, InputHook]:
         if t.spec.dynamic:
             q, params = quantize_dynamic(value, t.spec)
             return dequantize(q, params, t.spec)
+        if t.smooth is not None:
+            return fake_quantize_smoothed(value, t.params, t.spec, t.smooth)
         return fake_quantize(value, t.params, t.spec)
 
     def on_tensor(name: str, value: np.ndarray) -> np.ndarray:

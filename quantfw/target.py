@@ -89,6 +89,17 @@ Top level
     Kinds executed in low precision: their activation inputs, weight and bias are quantized.
 ``float_only``
     Kinds that must stay float: the planner quantizes nothing on their behalf.
+``weight_only``
+    Weighted kinds (``conv``, ``conv_transpose``, ``linear``, ``embedding``) whose constant
+    weight is stored quantized while the op itself runs in float: its inputs (an embedding's
+    indices), output and bias are never quantized on its behalf.  The weight takes the target's
+    weight spec (``[weight]`` and ``ops.per_op``); per-channel along ``attrs["channel_axis"]``,
+    which for an embedding's ``(vocab, dim)`` table defaults to 0: one scale per token row.
+    This is how runtimes shrink embedding tables (ONNX Runtime and TFLite quantize Gather
+    tables): the ONNX backend gathers the int8 rows and dequantizes only those.  A kind cannot
+    be both weight-only and in ``quantize`` (which already quantizes its weight) or
+    ``float_only`` (which quantizes nothing on its behalf).  Weight-only kinds apply in dynamic
+    mode too: the weight is a constant either way.
 ``shared_scale``
     Kinds whose data inputs and output must share one scale and zero point (concat, max_pool,
     reshape…).  A shared-scale kind not in ``quantize`` is quantized only when a neighbouring
@@ -332,6 +343,7 @@ class OpRules:
     fixed_output: Mapping[OpKind, FixedOutput] = field(default_factory=dict)
     per_op: Mapping[OpKind, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     only_between_quantized: frozenset[OpKind] = frozenset()
+    weight_only: frozenset[OpKind] = frozenset()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -515,6 +527,7 @@ class TargetSpec:
             "ops": {
                 "quantize": kinds(self.ops.quantize),
                 "float_only": kinds(self.ops.float_only),
+                "weight_only": kinds(self.ops.weight_only),
                 "shared_scale": kinds(self.ops.shared_scale),
                 "quantize_outputs": self.ops.quantize_outputs,
                 "only_between_quantized": kinds(self.ops.only_between_quantized),
@@ -605,6 +618,7 @@ _OPS_KEYS = (
     "fixed_output",
     "per_op",
     "only_between_quantized",
+    "weight_only",
 )
 _FIXED_KEYS = ("scale", "zero_point")
 
@@ -976,7 +990,30 @@ class _Parser:
                 "in ops.quantize",
                 _fmt_allowed(sorted(k.value for k in quantize)),
             )
-        return OpRules(quantize, float_only, shared, policy, fixed, per_op, between)
+        weight_only = self.weight_only_kinds(tbl.get("weight_only", []), quantize, float_only)
+        return OpRules(quantize, float_only, shared, policy, fixed, per_op, between, weight_only)
+
+    def weight_only_kinds(
+        self, value: Any, quantize: frozenset[OpKind], float_only: frozenset[OpKind]
+    ) -> frozenset[OpKind]:
+        kinds = self.op_kinds(value, "ops.weight_only")
+        weighted = _fmt_allowed(sorted(k.value for k in WEIGHTED))
+        for i, name in enumerate(self.array(value, "ops.weight_only")):
+            kind = OpKind(name)
+            where = f"ops.weight_only[{i}]"
+            if kind not in WEIGHTED:
+                raise self.bad(where, name, "an op kind with a constant weight", weighted)
+            for key, other, why in (
+                ("ops.quantize", quantize, "which already quantizes its weight"),
+                ("ops.float_only", float_only, "which quantizes nothing on its behalf"),
+            ):
+                if kind in other:
+                    raise self.fail(
+                        where,
+                        f"{name!r} is also in {key} ({why}); an op kind cannot be both: "
+                        f"remove it from one of the lists",
+                    )
+        return kinds
 
     def scale(self, value: Any, key: str) -> float:
         try:
@@ -1029,14 +1066,13 @@ class _Parser:
 
     def check_defaults_allowed(self, spec: TargetSpec) -> None:
         """The target's own defaults must be consistent and pass its own ``allowed`` lists."""
-        kinds = set(spec.ops.quantize) | set(spec.ops.per_op)
+        kinds = set(spec.ops.quantize) | set(spec.ops.per_op) | set(spec.ops.weight_only)
         for kind in sorted(kinds, key=lambda k: k.value):
             w_allowed, a_allowed = spec.allowed.for_op(kind)
             per_op = spec.ops.per_op.get(kind, {})
-            checks = [
-                ("weight", spec.weight_template(kind), w_allowed, False),
-                ("activation", spec.activation_template(kind), a_allowed, False),
-            ]
+            checks = [("weight", spec.weight_template(kind), w_allowed, False)]
+            if kind not in spec.ops.weight_only:  # a weight-only op has no quantized activation
+                checks.append(("activation", spec.activation_template(kind), a_allowed, False))
             if spec.dynamic.supported and kind in spec.dynamic.ops:
                 checks.append(("dynamic.activation", spec.dynamic_template(kind), a_allowed, True))
             for role, d, allowed, dynamic in checks:

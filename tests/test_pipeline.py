@@ -218,6 +218,8 @@ def test_events_plugins_and_backends(digits, tmp_path):
     with use_plugin_manager(pm):
         res = quantfw.quantize(graph, x_tr[:64], batch_size=16)
         assert rec.events == [
+            ("transform", "started", "smoothquant"),
+            ("transform", "finished", "smoothquant"),
             ("calibrate", "started", "minmax"),
             ("calibrate", "finished", "minmax"),
             ("round", "started", "nearest"),
@@ -275,7 +277,7 @@ def test_consumer_side_quantization_leaves_float_readers_float():
     pm.register(EdgesPlugin(), name="edges")
     x = rng.normal(size=(32, 6)).astype(np.float32)
     with use_plugin_manager(pm):
-        res = quantfw.quantize(g, x, target="edges")
+        res = quantfw.quantize(g, x, target="edges", algorithms=["none"])
     h_rec = res.recipe.tensors["h"]
     assert h_rec.consumers == ("fc",)
     assert not res.plan.decision("res").quantized

@@ -733,3 +733,76 @@ def test_only_between_must_be_quantized_kinds() -> None:
             },
             source="bad.toml",
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# ops.weight_only: embedding tables
+# ------------------------------------------------------------------------------------------------
+
+
+def weight_only_target(**ops: Any) -> TargetSpec:
+    return TargetSpec.from_dict(
+        {
+            "name": "wo",
+            "artifact": "onnx",
+            "weight": {"dtype": "int8", "narrow_range": True, "granularity": "per_channel"},
+            "activation": {"dtype": "uint8", "symmetric": False},
+            "dynamic": {"supported": True},
+            "ops": {"quantize": ["linear", "add"], "weight_only": ["embedding"], **ops},
+        }
+    )
+
+
+def embedding_graph() -> QuantGraph:
+    b = GraphBuilder()
+    b.nodes.append(Node("word", "embedding", ["ids"], ["w"], {"weight": "word.weight"}))
+    b.nodes.append(Node("pos", "embedding", ["pos_ids"], ["p"], {"weight": "pos.weight"}))
+    b.inits["word.weight"] = b.rng.standard_normal((50, 8)).astype(np.float32)
+    b.inits["pos.weight"] = b.rng.standard_normal((16, 8)).astype(np.float32)
+    b.op("sum", "add", ["w", "p"], "e")
+    b.weighted("fc", "linear", "e", "y", (4, 8))
+    return b.build(["ids", "pos_ids"], ["y"], "embedder")
+
+
+def test_weight_only_embedding_table_per_row() -> None:
+    p = plan(embedding_graph(), weight_only_target())
+    for table, node in (("word.weight", "word"), ("pos.weight", "pos")):
+        tp = p.tensors[table]
+        assert tp.role == "weight" and tp.node == node and tp.consumers == (node,)
+        assert tp.spec == QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=0)
+        d = p.decision(node)
+        assert d.quantized and d.reason == "weight-only: embedding table int8 per row"
+    # the integer indices never are quantized; the lookups' outputs only because the add
+    # reading them is a quantized op (its inputs), not on the embedding's behalf
+    assert not {"ids", "pos_ids"} & set(p.tensors)
+    assert p.tensors["w"].consumers == ("sum",) and p.tensors["p"].consumers == ("sum",)
+    p = plan(embedding_graph(), weight_only_target(quantize=["linear"]))
+    assert not {"ids", "pos_ids", "w", "p"} & set(p.tensors)
+    assert p.tensors["word.weight"].role == "weight"
+    assert p.tensors["fc.weight"].spec.axis == 0
+
+
+def test_weight_only_embedding_follows_overrides_and_modes() -> None:
+    t = weight_only_target()
+    g = embedding_graph()
+    # a user's per-layer spec and the node's channel axis are honoured
+    p = plan(g, t, Overrides(layers={"word": {"weight": {"granularity": "per_tensor"}}}))
+    assert p.tensors["word.weight"].spec.granularity is Granularity.PER_TENSOR
+    assert p.decision("word").reason == "weight-only: embedding table int8 per tensor"
+    g.node("pos").attrs["channel_axis"] = 1
+    p = plan(g, t, Overrides(layers={"pos": {"bits": 4}}))
+    assert p.tensors["pos.weight"].spec.axis == 1 and p.tensors["pos.weight"].spec.dtype == "int4"
+    assert p.decision("pos").reason == "weight-only: embedding table int4 per column"
+    assert not any("matches only nodes" in w for w in p.warnings)
+    # ignored lookups stay float
+    p = plan(g, t, Overrides(ignore_names=("word",)))
+    assert "word.weight" not in p.tensors and not p.decision("word").quantized
+    # dynamic mode: the table is a constant either way
+    p = plan(g, t, Overrides(dynamic=True))
+    assert p.tensors["word.weight"].role == "weight" and p.decision("word").quantized
+    # a target without weight_only keeps the tables float, as before
+    p = plan(
+        g, TargetSpec.from_dict({**t.to_dict(), "ops": {**t.to_dict()["ops"], "weight_only": []}})
+    )
+    assert "word.weight" not in p.tensors
+    assert p.decision("word").reason == "op kind embedding is not quantized on target 'wo'"

@@ -489,3 +489,49 @@ def test_availability_reports_everything_missing() -> None:
     ok, why = t.availability(cpu_flags=[], gpu=False)
     assert not ok
     assert "avx2" in why and "quantfw_no_such_runtime" in why and "GPU" in why
+
+
+# ------------------------------------------------------------------------------------------------
+# ops.weight_only
+# ------------------------------------------------------------------------------------------------
+
+
+def test_weight_only_kinds() -> None:
+    doc = minimal()
+    doc["ops"]["weight_only"] = ["embedding"]
+    t = TargetSpec.from_dict(doc)
+    assert t.ops.weight_only == frozenset({OpKind.EMBEDDING})
+    assert t.to_dict()["ops"]["weight_only"] == ["embedding"]
+    assert TargetSpec.from_dict(t.to_dict()) == t
+    assert TargetSpec.from_dict(minimal()).ops.weight_only == frozenset()
+    # the weight spec of a weight-only kind must pass the target's own allowed lists
+    doc["ops"]["per_op"] = {"embedding": {"weight": {"dtype": "int4"}}}
+    doc["allowed"] = {"weight": {"dtypes": ["int8"]}}
+    with pytest.raises(TargetSpecError, match=r"ops\.per_op\.embedding\.weight\.dtype: 'int4'"):
+        TargetSpec.from_dict(doc, source="mini.toml")
+
+
+@pytest.mark.parametrize(
+    ("weight_only", "extra", "fragments"),
+    [
+        (["softmax"], {}, ["ops.weight_only[0]: 'softmax'", "constant weight", "embedding"]),
+        (["embeding"], {}, ["ops.weight_only[0]: 'embeding' is not an op kind", "embedding"]),
+        (["embedding", "embedding"], {}, ["ops.weight_only[1]", "listed twice"]),
+        (["linear"], {}, ["ops.weight_only[0]: 'linear' is also in ops.quantize"]),
+        (
+            ["embedding"],
+            {"float_only": ["embedding"]},
+            ["ops.weight_only[0]: 'embedding' is also in ops.float_only"],
+        ),
+        ("embedding", {}, ["ops.weight_only: 'embedding' is not an array"]),
+    ],
+)
+def test_weight_only_errors(weight_only: Any, extra: dict[str, Any], fragments: list[str]) -> None:
+    doc = minimal()
+    doc["ops"].update(extra, weight_only=weight_only)
+    with pytest.raises(TargetSpecError) as info:
+        TargetSpec.from_dict(doc, source="mini.toml")
+    msg = str(info.value)
+    assert msg.startswith("mini.toml: ops.weight_only"), msg
+    for frag in fragments:
+        assert frag in msg, msg

@@ -134,7 +134,8 @@ class ObserverCalibration:
         if observers:
             for outs in ctx.collect(list(observers)):
                 for name, value in outs.items():
-                    observers[name].update(value)
+                    smooth = ctx.smoothing.get(name)
+                    observers[name].update(value if smooth is None else value / smooth)
                     shapes[name] = tuple(value.shape)
 
         ranges = {name: obs.compute_range() for name, obs in observers.items()}
@@ -163,6 +164,7 @@ class ObserverCalibration:
                     shape=shapes.get(tp.name),
                     share_group=tp.share_group,
                     consumers=None if tp.all_readers else tp.consumers,
+                    smooth=ctx.smoothing.get(tp.name),
                 )
             )
 

@@ -198,7 +198,15 @@ def make_cnn(seed: int = 0):
 
 
 def recipe_for(qg: QuantGraph, calib: dict, target: str = "x86-vnni", **kw) -> Recipe:
+    # no transform by default: these tests check the lowering of plain QDQ; SmoothQuant's
+    # lowering has its own test below
+    kw.setdefault("algorithms", ["none"])
     return quantize_model(qg, calib, target=target, frontend="graph", **kw).recipe
+
+
+def weight_of(qg: QuantGraph, recipe: Recipe, name: str):
+    """The float weight the recipe quantizes: a transform's rewrite (SmoothQuant) or the model's."""
+    return recipe.weights.get(name, qg.initializers[name])
 
 
 def reference(qg: QuantGraph, recipe: Recipe, feeds: dict, outputs=None) -> dict:
@@ -304,7 +312,9 @@ def test_mlp_fused_kernels_agree(mlp, tmp_path):
     assert "MatMul" not in ops and "Gemm" not in ops, ops
     ref = reference(qg, recipe, feeds)["y"]
     y = session(qm, optimized=True).run(None, feeds)[0]
-    assert_close_fused(y, ref, last_layer_step(recipe, "act", qg.initializers["fc2.weight"], 0))
+    assert_close_fused(
+        y, ref, last_layer_step(recipe, "act", weight_of(qg, recipe, "fc2.weight"), 0)
+    )
 
 
 def test_mlp_integers_are_the_reference_integers(mlp):
@@ -314,7 +324,7 @@ def test_mlp_integers_are_the_reference_integers(mlp):
         t = recipe.tensors[name]
         dq = dq_input_of(qm, name)
         codes = initializer(qm, dq.input[0])
-        expected = quantize(qg.initializers[name], t.params, t.spec)
+        expected = quantize(weight_of(qg, recipe, name), t.params, t.spec)
         assert codes.dtype == expected.dtype and np.array_equal(codes, expected), name
         np.testing.assert_array_equal(initializer(qm, dq.input[1]), t.params.scale)
     # QuantizeLinear outputs: expose them as graph outputs and compare codes
@@ -391,7 +401,9 @@ def test_cnn_runs_as_qlinear_chain(cnn, tmp_path):
     assert not {"Conv", "Gemm", "FusedConv", "Relu"} & set(ops), ops  # relu folded, no float
     ref = reference(qg, recipe, feeds)["logits"]
     y = session(qm, optimized=True).run(None, feeds)[0]
-    assert_close_fused(y, ref, last_layer_step(recipe, "flat", qg.initializers["fc.weight"], 1))
+    assert_close_fused(
+        y, ref, last_layer_step(recipe, "flat", weight_of(qg, recipe, "fc.weight"), 1)
+    )
 
 
 def test_cnn_codes_and_bias_scale(cnn):
@@ -401,7 +413,7 @@ def test_cnn_codes_and_bias_scale(cnn):
         t = recipe.tensors[name]
         dq = dq_input_of(qm, name)
         assert np.array_equal(
-            initializer(qm, dq.input[0]), quantize(qg.initializers[name], t.params, t.spec)
+            initializer(qm, dq.input[0]), quantize(weight_of(qg, recipe, name), t.params, t.spec)
         )
         assert next(a.i for a in dq.attribute if a.name == "axis") == 0
     # int32 bias with scale s_x * s_w: what QLinearConv insists on (else it stays float)
@@ -511,7 +523,7 @@ def test_dynamic_gemm_transposed_weight():
 
 def _weight_only(model, qg, spec: QuantSpec, name: str = "fc1.weight") -> Recipe:
     recipe = Recipe("test")
-    w = qg.initializers[name]
+    w = weight_of(qg, recipe, name)
     recipe.add(TensorRecipe(name, "weight", spec, params_from_tensor(w, spec), node="fc1"))
     return recipe
 
@@ -538,7 +550,7 @@ def test_weight_storage(spec, onnx_type, opset):
     stored = next(i for i in qm.graph.initializer if i.name == dq.input[0])
     assert stored.data_type == onnx_type
     t = recipe.tensors["fc1.weight"]
-    expected = quantize(qg.initializers["fc1.weight"], t.params, t.spec)
+    expected = quantize(weight_of(qg, recipe, "fc1.weight"), t.params, t.spec)
     assert np.array_equal(nh.to_array(stored).astype(np.int64), expected.astype(np.int64))
     if spec.dtype == "int7":
         assert np.abs(expected).max() <= 63
@@ -845,4 +857,240 @@ def test_onnxruntime_saturates_on_avx2_without_vnni(tmp_path):
     feeds = {"x": f32(rng.normal(size=(4, 4, 32)) * 3)}
     y = OnnxRuntimeBackend().run(art, feeds)["y"]
     ref = reference(qg, recipe, feeds)["y"]
-    assert_close_fused(y, ref, last_layer_step(recipe, "act", qg.initializers["fc2.weight"], 0))
+    assert_close_fused(
+        y, ref, last_layer_step(recipe, "act", weight_of(qg, recipe, "fc2.weight"), 0)
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# weight-only embedding tables: Gather the int8 rows, dequantize only those
+# ------------------------------------------------------------------------------------------------
+
+
+def make_embedding_model(vocab: int = 50, dim: int = 16, seed: int = 20) -> onnx.ModelProto:
+    """ids -> Gather(word table) + Gather(position table, pos) -> MatMul+Add -> Relu -> y."""
+    rng = np.random.default_rng(seed)
+    w = {
+        "word.weight": f32(rng.normal(size=(vocab, dim)) * rng.uniform(0.1, 2.0, size=(vocab, 1))),
+        "pos.weight": f32(rng.normal(size=(8, dim)) * 0.3),
+        "fc.weight": f32(rng.normal(size=(dim, 8)) / np.sqrt(dim)),
+        "fc.bias": f32(rng.normal(size=8) * 0.1),
+    }
+    nodes = [
+        h.make_node("Gather", ["word.weight", "ids"], ["word"], name="word/Gather"),
+        h.make_node("Gather", ["pos.weight", "pos"], ["position"], name="pos/Gather", axis=0),
+        h.make_node("Add", ["word", "position"], ["emb"], name="emb/Add"),
+        h.make_node("MatMul", ["emb", "fc.weight"], ["fc.mm"], name="fc/MatMul"),
+        h.make_node("Add", ["fc.mm", "fc.bias"], ["fc.out"], name="fc/Add"),
+        h.make_node("Relu", ["fc.out"], ["y"], name="relu"),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "embedder",
+        [
+            h.make_tensor_value_info("ids", T.INT64, ["batch", "seq"]),
+            h.make_tensor_value_info("pos", T.INT64, ["batch", "seq"]),
+        ],
+        [
+            h.make_tensor_value_info("y", T.FLOAT, ["batch", "seq", 8]),
+            h.make_tensor_value_info("word", T.FLOAT, ["batch", "seq", dim]),
+        ],
+        [nh.from_array(v, k) for k, v in w.items()],
+    )
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=10)
+
+
+def _embedding_feeds(seed: int, batch: int = 4, seq: int = 8, vocab: int = 50):
+    rng = np.random.default_rng(seed)
+    return {
+        "ids": rng.integers(-vocab, vocab, size=(batch, seq)).astype(np.int64),  # negatives wrap
+        "pos": np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy(),
+    }
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    model = make_embedding_model()
+    calib = [_embedding_feeds(s) for s in range(30, 34)]
+    res = quantize_model(model, calib, target="x86-vnni")
+    return model, res
+
+
+def test_embedding_tables_are_weight_only_per_row(embedder):
+    _, res = embedder
+    for table, node in (("word.weight", "word/Gather"), ("pos.weight", "pos/Gather")):
+        tp = res.plan.tensors[table]
+        assert tp.role == "weight" and tp.node == node
+        assert tp.spec == QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=0)
+        d = res.plan.decision(node)
+        assert d.quantized and d.reason == "weight-only: embedding table int8 per row"
+        assert res.recipe.tensors[table].params.scale.shape == (
+            res.graph.initializers[table].shape[0],
+        )
+    # nothing else of a lookup is quantized: its ids, and its output (read by a float Add)
+    assert not {"ids", "pos", "word", "position"} & set(res.recipe.tensors)
+
+
+def test_embedding_gather_lowering_matches_reference(embedder, tmp_path):
+    _, res = embedder
+    qm = write_qdq(res.graph.source, res.graph, res.recipe)
+    onnx.checker.check_model(qm, full_check=True)
+    nodes = list(qm.graph.node)
+    # no DequantizeLinear of a whole table: each lookup gathers int8 codes and per-row scales
+    for table, node in (("word.weight", "word/Gather"), ("pos.weight", "pos/Gather")):
+        gather = next(n for n in nodes if n.name == node)
+        codes = initializer(qm, gather.input[0])
+        t = res.recipe.tensors[table]
+        assert codes.dtype == np.int8
+        expected = quantize(res.graph.initializers[table], t.params, t.spec)
+        assert np.array_equal(codes.astype(np.int64), expected.astype(np.int64))
+        assert not any(table in n.output for n in nodes)
+    dq_inputs = [n.input[0] for n in nodes if n.op_type == "DequantizeLinear"]
+    assert not [x for x in dq_inputs if x.startswith(("word.weight", "pos.weight"))]
+    assert count_ops(qm)["Gather"] == 4 and count_ops(qm)["Cast"] == 2
+    feeds = _embedding_feeds(99)
+    ref = reference(res.graph, res.recipe, feeds, outputs=["y", "word"])
+    # the gathered rows are exactly dequantize(codes) of the table: bit for bit, both sessions
+    t = res.recipe.tensors["word.weight"]
+    rows = dequantize(
+        quantize(res.graph.initializers["word.weight"], t.params, t.spec), t.params, t.spec
+    )
+    assert np.array_equal(ref["word"], rows[feeds["ids"]])
+    step = last_layer_step(res.recipe, "emb", res.graph.initializers["fc.weight"], 0)
+    for optimized in (False, True):
+        word, y = session(qm, optimized=optimized).run(["word", "y"], feeds)
+        assert np.array_equal(word, ref["word"])
+        if optimized:
+            assert_close_fused(y, ref["y"], step)
+        else:
+            np.testing.assert_allclose(y, ref["y"], rtol=0, atol=1e-5 * np.abs(ref["y"]).max())
+    # the frontend's simulation (the QDQ model, unoptimized) agrees too
+    sim = res.simulate()(feeds)
+    assert np.array_equal(sim["word"], ref["word"])
+    assert "Gather" in optimized_ops(qm, tmp_path)
+
+
+def _table_recipe(graph: QuantGraph, spec: QuantSpec, name: str = "word.weight") -> Recipe:
+    recipe = Recipe("test")
+    w = graph.initializers[name]
+    recipe.add(TensorRecipe(name, "weight", spec, params_from_tensor(w, spec), node="word/Gather"))
+    return recipe
+
+
+@pytest.mark.parametrize(
+    ("spec", "ops"),
+    [
+        (QuantSpec("int7", narrow_range=True, granularity="per_channel", axis=0), {"Mul"}),
+        (QuantSpec("uint8", symmetric=True, granularity="per_channel", axis=0), {"Sub", "Mul"}),
+        (QuantSpec("int8", symmetric=False, granularity="per_channel", axis=-2), {"Sub", "Mul"}),
+        (QuantSpec("int8", narrow_range=True), {"DequantizeLinear"}),
+        (
+            QuantSpec("uint8", symmetric=False, granularity="per_channel", axis=1),
+            {"DequantizeLinear"},
+        ),
+        # no int4 Gather: the table's DequantizeLinear stays, the lookup reads its output
+        (QuantSpec("int4", granularity="per_channel", axis=0), {"DequantizeLinear"}),
+    ],
+    ids=["int7-row", "uint8-sym-row", "int8-asym-row", "int8-tensor", "uint8-column", "int4-row"],
+)
+def test_embedding_lowering_is_bit_exact(embedder, spec, ops):
+    """Every spec: the looked-up rows are exactly numerics.dequantize of the stored codes."""
+    _, res = embedder
+    recipe = _table_recipe(res.graph, spec)
+    qm = write_qdq(res.graph.source, res.graph, recipe)
+    onnx.checker.check_model(qm, full_check=True)
+    t = recipe.tensors["word.weight"]
+    codes = quantize(res.graph.initializers["word.weight"], t.params, t.spec)
+    gather = next(n for n in qm.graph.node if n.name == "word/Gather")
+    if spec.dtype == "int4":
+        assert gather.input[0] == "word.weight"  # fed by DequantizeLinear(whole table)
+    else:
+        assert np.array_equal(initializer(qm, gather.input[0]).astype(np.int64), codes)
+        producer = next(n for n in qm.graph.node if "word" in n.output)
+        assert producer.op_type == ("Mul" if "Mul" in ops else "DequantizeLinear")
+    assert ops <= set(count_ops(qm))
+    feeds = _embedding_feeds(7)
+    expected = dequantize(codes, t.params, t.spec)[feeds["ids"]]
+    ref = reference(res.graph, recipe, feeds, outputs=["word", "y"])
+    assert np.array_equal(ref["word"], expected)
+    for optimized in (False, True):
+        word, y = session(qm, optimized=optimized).run(["word", "y"], feeds)
+        assert np.array_equal(word, expected), optimized
+        np.testing.assert_allclose(y, ref["y"], rtol=0, atol=1e-5 * np.abs(ref["y"]).max())
+
+
+def test_tied_table_keeps_its_dequantize_for_other_readers():
+    """A table read by a Gather and by a MatMul: the Gather reads codes, the MatMul the DQ."""
+    rng = np.random.default_rng(21)
+    table = f32(rng.normal(size=(12, 6)))
+    nodes = [
+        h.make_node("Gather", ["table", "ids"], ["rows"], name="lookup"),
+        h.make_node("MatMul", ["x", "table"], ["proj"], name="proj"),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "tied",
+        [
+            h.make_tensor_value_info("ids", T.INT64, ["n"]),
+            h.make_tensor_value_info("x", T.FLOAT, ["n", 12]),
+        ],
+        [
+            h.make_tensor_value_info("rows", T.FLOAT, ["n", 6]),
+            h.make_tensor_value_info("proj", T.FLOAT, ["n", 6]),
+        ],
+        [nh.from_array(table, "table")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=10)
+    qg = QuantGraph(
+        [
+            Node("lookup", "embedding", ["ids"], ["rows"], {"weight": "table"}),
+            Node("proj", "linear", ["x"], ["proj"], {"weight": "table"}, {"channel_axis": 1}),
+        ],
+        ["ids", "x"],
+        ["rows", "proj"],
+        {"table": table},
+        source=model,
+    )
+    spec = QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=0)
+    recipe = Recipe("test")
+    recipe.add(
+        TensorRecipe("table", "weight", spec, params_from_tensor(table, spec), node="lookup")
+    )
+    qm = write_qdq(model, qg, recipe)
+    onnx.checker.check_model(qm, full_check=True)
+    ops = {n.name: n for n in qm.graph.node}
+    assert ops["lookup"].input[0] != "table" and ops["proj"].input[1] == "table"
+    assert dq_input_of(qm, "table").input[0] == ops["lookup"].input[0]  # one copy of the codes
+    feeds = {"ids": np.array([0, 11, -1, 3]), "x": f32(rng.normal(size=(4, 12)))}
+    ref = reference(qg, recipe, feeds)
+    for optimized in (False, True):
+        rows, proj = session(qm, optimized=optimized).run(["rows", "proj"], feeds)
+        assert np.array_equal(rows, ref["rows"])
+        np.testing.assert_allclose(proj, ref["proj"], rtol=0, atol=1e-5 * np.abs(ref["proj"]).max())
+
+
+def test_smoothquant_lowering_matches_reference(mlp):
+    """SmoothQuant's x / s is a float Div in front of the activation's quantizer: the
+    unoptimized artifact equals the reference, and the divided codes are the reference's."""
+    model, qg, _, feeds = mlp
+    rng = np.random.default_rng(11)
+    calib = {
+        "x": feeds["x"]
+        * np.where(rng.random(feeds["x"].shape[-1]) < 0.1, 30.0, 1.0).astype(np.float32)
+    }
+    recipe = recipe_for(qg, calib, algorithms=[("smoothquant", {"alpha": 0.8})])
+    smoothed = [n for n, t in recipe.tensors.items() if t.smooth is not None]
+    assert smoothed, "an input with outlier channels should be smoothed"
+    qm = write_qdq(model, qg, recipe)
+    assert count_ops(qm).get("Div", 0) >= len(smoothed)
+    ref = reference(qg, recipe, calib)["y"]
+    y = session(qm, optimized=False).run(None, calib)[0]
+    np.testing.assert_allclose(y, ref, atol=1e-5 * np.abs(ref).max())
+    # the smoothed weights are what the artifact stores
+    for name in smoothed:
+        for c in recipe.tensors[name].consumers:
+            wname = qg.node(c).weights["weight"]
+            assert wname in recipe.weights
+            t = recipe.tensors[wname]
+            codes = initializer(qm, dq_input_of(qm, wname).input[0])
+            np.testing.assert_array_equal(codes, quantize(recipe.weights[wname], t.params, t.spec))

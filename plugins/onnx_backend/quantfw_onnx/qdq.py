@@ -713,7 +713,127 @@ class _Writer:
             **_qdq_attrs(t.spec, f"{t.role} {name!r}"),
         )
         top.append(dq)
-        return _Weight(codes, t, storage, codes_name, scale_name, zp_name, dq)
+        weight = _Weight(codes, t, storage, codes_name, scale_name, zp_name, dq)
+        # lookups gather codes and dequantize only their rows; the DQ of the whole table stays
+        # only for other readers (prune_unused drops it when there are none)
+        self.lower_gathers(g, name, weight)
+        return weight
+
+    def lower_gathers(self, g: onnx.GraphProto, name: str, w: _Weight) -> int:
+        """Rewrite every ``Gather(name, ids, axis=0)`` of the main graph to gather the integer
+        codes and dequantize only the gathered rows; returns how many were rewritten.
+
+        ``DequantizeLinear(whole table) -> Gather`` would dequantize an embedding table (47 MB for
+        all-MiniLM-L6-v2's words) on every inference.  Instead:
+
+        * one scale per row (per-channel on the gathered axis): ``Gather(codes, ids)``,
+          ``Gather(scale, ids)`` (the scales stored as ``(rows, 1, …)`` so that they broadcast
+          over the row), ``Cast`` to float, ``Sub`` of the gathered zero points (only when some
+          are not 0, stored as float: small integers, exact) and ``Mul`` -- float32 ``(q - zp) *
+          s``, bit for bit :func:`quantfw.numerics.dequantize` of the gathered codes;
+        * per-tensor, or per-channel on another axis: ``Gather(codes, ids)`` then a
+          ``DequantizeLinear`` (per-channel ``axis`` counted from the end, as the gathered
+          tensor's rank depends on ``ids``).
+
+        Only int8/uint8 storage (int7 and narrower included); other formats and per-group
+        weights keep the DequantizeLinear of the table.  The rewritten Gather keeps its name and
+        the last new node writes its output, so readers are untouched.
+        """
+        t, spec, storage = w.recipe, w.recipe.spec, w.storage
+        rank = w.codes.ndim
+        if (
+            t.role != "weight"
+            or rank == 0
+            or storage.onnx_type not in (TensorProto.INT8, TensorProto.UINT8)
+            or spec.granularity not in (Granularity.PER_TENSOR, Granularity.PER_CHANNEL)
+        ):
+            return 0
+        axis = None
+        if spec.granularity is Granularity.PER_CHANNEL:
+            axis = int(spec.axis) % rank  # type: ignore[arg-type]
+        found = []
+        for i, n in enumerate(g.node):
+            if n.op_type != "Gather" or n.domain not in ("", "ai.onnx") or len(n.input) < 2:
+                continue
+            if n.input[0] != name or name in n.input[1:]:
+                continue
+            gather_axis = next((int(a.i) for a in n.attribute if a.name == "axis"), 0)
+            if gather_axis % rank == 0:
+                found.append(i)
+        if not found:
+            return 0
+        assert t.params is not None
+        rows: dict[str, str] = {}  # per-row scale / zero point initializers, made once
+        if axis == 0:
+            row_shape = (w.codes.shape[0],) + (1,) * (rank - 1)
+            scale = np.asarray(t.params.scale, _F32).reshape(row_shape)
+            rows["scale"] = self.add_init(
+                numpy_helper.from_array(scale, self.fresh(f"{name}_row_scale"))
+            )
+            zp = np.asarray(t.params.zero_point).reshape(row_shape)
+            if np.any(zp != 0):
+                rows["zero_point"] = self.add_init(
+                    numpy_helper.from_array(
+                        zp.astype(_F32), self.fresh(f"{name}_row_zero_point_float")
+                    )
+                )
+        for i in reversed(found):  # back to front: inserting keeps the earlier indices valid
+            n = g.node[i]
+            ids, out = n.input[1], n.output[0]
+            base = n.name or out
+            gathered = self.fresh(f"{out}_quantized")
+            n.input[0] = w.codes_name
+            n.output[0] = gathered
+            if axis == 0:
+                new = self.dequantize_rows(gathered, ids, out, base, rows)
+            else:
+                attrs = {} if axis is None else {"axis": axis - rank}
+                new = [
+                    helper.make_node(
+                        "DequantizeLinear",
+                        [gathered, w.scale_name, w.zp_name],
+                        [out],
+                        name=self.fresh(f"{base}_DequantizeLinear"),
+                        **attrs,
+                    )
+                ]
+            for k, node in enumerate(new):
+                g.node.insert(i + 1 + k, node)
+        return len(found)
+
+    def dequantize_rows(
+        self, gathered: str, ids: str, out: str, base: str, rows: dict[str, str]
+    ) -> list[onnx.NodeProto]:
+        """``out = (float(gathered) - zp[ids]) * scale[ids]`` with per-row scales (and zero
+        points): the nodes :meth:`lower_gathers` puts after a Gather of codes."""
+        scale = self.fresh(f"{out}_scale")
+        codes = self.fresh(f"{out}_codes_float")
+        nodes = [
+            helper.make_node(
+                "Gather", [rows["scale"], ids], [scale], name=self.fresh(f"{base}_GatherScale")
+            ),
+            helper.make_node(
+                "Cast", [gathered], [codes], to=TensorProto.FLOAT, name=self.fresh(f"{base}_Cast")
+            ),
+        ]
+        if "zero_point" in rows:
+            zp, centred = self.fresh(f"{out}_zero_point"), self.fresh(f"{out}_centred")
+            nodes += [
+                helper.make_node(
+                    "Gather",
+                    [rows["zero_point"], ids],
+                    [zp],
+                    name=self.fresh(f"{base}_GatherZeroPoint"),
+                ),
+                helper.make_node(
+                    "Sub", [codes, zp], [centred], name=self.fresh(f"{base}_SubZeroPoint")
+                ),
+            ]
+            codes = centred
+        nodes.append(
+            helper.make_node("Mul", [codes, scale], [out], name=self.fresh(f"{base}_Dequantize"))
+        )
+        return nodes
 
     # -- activations ---------------------------------------------------------------------------
     def static_qdq(self, name: str, src: str, out: str, t: TensorRecipe) -> list[onnx.NodeProto]:
@@ -733,8 +853,22 @@ class _Writer:
             numpy_helper.from_array(np.asarray(t.params.scale, _F32), self.fresh(f"{name}_scale"))
         )
         zp = self.add_init(_zero_point_tensor(self.fresh(f"{name}_zero_point"), t, storage))
+        pre: list[onnx.NodeProto] = []
+        if t.smooth is not None:
+            # SmoothQuant: the consumers read x / smooth (their weights carry smooth); a float32
+            # Div is what the reference computes, bit for bit
+            divisor = self.add_init(
+                numpy_helper.from_array(np.asarray(t.smooth, _F32), self.fresh(f"{name}_smooth"))
+            )
+            divided = self.fresh(f"{name}_smoothed")
+            pre.append(
+                helper.make_node(
+                    "Div", [src, divisor], [divided], name=self.fresh(f"{name}_Smooth")
+                )
+            )
+            src = divided
         q_out = self.fresh(f"{name}_quantized")
-        return [
+        return pre + [
             helper.make_node(
                 "QuantizeLinear",
                 [src, scale, zp],
