@@ -48,6 +48,7 @@ __all__ = [
     "param_shape",
     "quantization_error",
     "fake_quantize_smoothed",
+    "smoothing_multiplier",
 ]
 
 _F32 = np.float32
@@ -398,11 +399,17 @@ def quantization_error(
 # ---------------------------------------------------------------------------------------------
 # smoothing (SmoothQuant-style per-channel input scaling)
 # ---------------------------------------------------------------------------------------------
-def fake_quantize_smoothed(x: Any, params: QuantParams, spec: QuantSpec, smooth: Any) -> np.ndarray:
-    """What the consumers of a smoothed activation see: ``x / smooth`` (float32 division, one
-    divisor per channel of the last axis; their weights were multiplied by ``smooth``), then
-    quantized per tensor with ``params``, float32."""
+def smoothing_multiplier(smooth: Any) -> np.ndarray:
+    """``1 / smooth`` in float32: what a smoothed activation is multiplied by before it is
+    quantized (a multiply is cheaper than a divide at run time; both sides use these bits)."""
     s = np.asarray(smooth, dtype=_F32)
     if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
         raise ValueError("smoothing factors must be a 1-D array of finite positive values")
-    return fake_quantize(_as_array(x).astype(_F32) / s, params, spec)
+    return (_F32(1.0) / s).astype(_F32)
+
+
+def fake_quantize_smoothed(x: Any, params: QuantParams, spec: QuantSpec, smooth: Any) -> np.ndarray:
+    """What the consumers of a smoothed activation see: ``x * (1 / smooth)`` (float32, one
+    factor per channel of the last axis; their weights were multiplied by ``smooth``), then
+    quantized per tensor with ``params``, float32."""
+    return fake_quantize(_as_array(x).astype(_F32) * smoothing_multiplier(smooth), params, spec)

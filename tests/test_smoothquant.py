@@ -89,7 +89,7 @@ def test_smoothing_applies_to_shared_linear_input_and_helps():
         assert not np.array_equal(smooth.graph.initializers[w], smooth.recipe.weights[w])
     # simulation, by hand: both projections read fq(h / s) and use fq(s W); the residual reads h
     hf = quantfw.interpreter.run_graph(g, {"x": x}, outputs=["h"])["h"]
-    hq = fake_quantize(hf / h.smooth, h.params, h.spec)
+    hq = fake_quantize(hf * (np.float32(1) / h.smooth), h.params, h.spec)
     r = smooth.recipe.tensors
     yq = hq @ fake_quantize(smooth.recipe.weights["wq"], r["wq"].params, r["wq"].spec).T
     yk = hq @ fake_quantize(smooth.recipe.weights["wk"], r["wk"].params, r["wk"].spec).T

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..numerics import compute_qparams, params_from_tensor
+from ..numerics import compute_qparams, params_from_tensor, smoothing_multiplier
 from ..observers import make_observer
 from ..recipe import TensorRecipe
 from ..spec import Granularity, QuantParams, QuantSpec
@@ -135,7 +135,9 @@ class ObserverCalibration:
             for outs in ctx.collect(list(observers)):
                 for name, value in outs.items():
                     smooth = ctx.smoothing.get(name)
-                    observers[name].update(value if smooth is None else value / smooth)
+                    observers[name].update(
+                        value if smooth is None else value * smoothing_multiplier(smooth)
+                    )
                     shapes[name] = tuple(value.shape)
 
         ranges = {name: obs.compute_range() for name, obs in observers.items()}

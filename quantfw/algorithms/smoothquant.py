@@ -12,7 +12,7 @@ plan: QDQ on the consumers' edges) whose quantized readers are all ``linear`` no
 constant weight, reducing over the activation's last axis.  One ``s`` serves all such readers
 (the Q/K/V projections share their input), so they share one set of codes.  Float readers (the
 residual branch) keep reading ``x`` untouched.  At run time the division is one float
-elementwise op in front of the activation's quantizer (see
+elementwise multiply by ``1 / s`` in front of the activation's quantizer (see
 :func:`quantfw.numerics.fake_quantize_smoothed`); folding it into a per-axis QuantizeLinear
 instead measured 5x slower in ONNX Runtime 1.32, whose per-axis quantize kernel is not
 vectorised.
@@ -156,7 +156,7 @@ class SmoothQuant:
         best, best_err = None, np.inf
         for alpha in AUTO_ALPHAS:
             s = np.ones_like(amax) if alpha is None else smoothing_factors(amax, wmax, alpha)
-            xs = x / s
+            xs = x * (np.float32(1.0) / s)
             xq = fake_quantize(xs, params_from_tensor(xs, aspec), aspec)
             err = 0.0
             for (r, _, _, w_in), ref in zip(weights, refs, strict=True):

@@ -117,7 +117,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantfw.formats import FloatFormat, IntFormat
 from quantfw.graph import QuantGraph
-from quantfw.numerics import dequantize, quantize
+from quantfw.numerics import dequantize, quantize, smoothing_multiplier
 from quantfw.recipe import Recipe, TensorRecipe
 from quantfw.spec import Granularity, QuantSpec
 
@@ -855,18 +855,18 @@ class _Writer:
         zp = self.add_init(_zero_point_tensor(self.fresh(f"{name}_zero_point"), t, storage))
         pre: list[onnx.NodeProto] = []
         if t.smooth is not None:
-            # SmoothQuant: the consumers read x / smooth (their weights carry smooth); a float32
-            # Div is what the reference computes, bit for bit
-            divisor = self.add_init(
-                numpy_helper.from_array(np.asarray(t.smooth, _F32), self.fresh(f"{name}_smooth"))
-            )
-            divided = self.fresh(f"{name}_smoothed")
-            pre.append(
-                helper.make_node(
-                    "Div", [src, divisor], [divided], name=self.fresh(f"{name}_Smooth")
+            # SmoothQuant: the consumers read x * (1 / smooth) (their weights carry smooth); the
+            # float32 multiplier is the reference's own (numerics.smoothing_multiplier)
+            factor = self.add_init(
+                numpy_helper.from_array(
+                    smoothing_multiplier(t.smooth), self.fresh(f"{name}_smooth")
                 )
             )
-            src = divided
+            scaled = self.fresh(f"{name}_smoothed")
+            pre.append(
+                helper.make_node("Mul", [src, factor], [scaled], name=self.fresh(f"{name}_Smooth"))
+            )
+            src = scaled
         q_out = self.fresh(f"{name}_quantized")
         return pre + [
             helper.make_node(
