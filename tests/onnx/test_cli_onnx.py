@@ -1,0 +1,54 @@
+"""The command line on an ONNX model: quantize for x86, write the artifact and the recipe."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from click.testing import CliRunner  # noqa: E402
+
+from quantfw.cli import cli  # noqa: E402
+from quantfw.recipe import Recipe  # noqa: E402
+
+
+def test_quantize_onnx_for_x86(tmp_path, kit):
+    model = tmp_path / "cnn.onnx"
+    onnx.save(kit.build_cnn(), str(model))
+    np.savez(tmp_path / "calib.npz", anything=kit.cnn_batch(16)["input"])
+    out = tmp_path / "cnn.x86.onnx"
+    res = CliRunner().invoke(
+        cli,
+        ["--quiet", "quantize", str(model), "--target", "x86", "--calib", str(tmp_path / "calib.npz"),
+         "-o", str(out), "--recipe-out", str(tmp_path / "cnn.recipe"), "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["artifact"] == str(out) and summary["target"] == "x86"
+    assert summary["calibration_samples"] == 16
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input"]
+    assert [o.name for o in sess.get_outputs()] == ["logits"]
+    recipe = Recipe.load(tmp_path / "cnn.recipe.json")
+    assert recipe.target == "x86" and recipe.provenance["frontend"] == "onnx"
+    # the same output path again: replaced atomically, input untouched
+    res2 = CliRunner().invoke(
+        cli,
+        [
+            "--quiet",
+            "quantize",
+            str(model),
+            "--target",
+            "x86",
+            "--calib",
+            str(tmp_path / "calib.npz"),
+            "-o",
+            str(model),
+        ],
+    )
+    assert res2.exit_code == 1 and "refusing to write the output" in res2.output
