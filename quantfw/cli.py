@@ -117,6 +117,14 @@ def cli(ctx: click.Context, disabled: tuple[str, ...], quiet: bool, verbose: boo
     type=click.Path(exists=True, path_type=Path),
     help="JSON file of planner overrides (see quantfw.planner.Overrides).",
 )
+@click.option(
+    "-B",
+    "--backend-option",
+    "backend_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option for the backend (repeatable), e.g. fmt=qoperator for ONNX Runtime.",
+)
 @click.option("--batch-size", default=32, show_default=True, help="Calibration batch size.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
@@ -133,6 +141,7 @@ def quantize(
     weight_bits: int | None,
     dynamic: bool,
     overrides_file: Path | None,
+    backend_options: tuple[str, ...],
     batch_size: int,
     as_json: bool,
 ) -> None:
@@ -169,6 +178,7 @@ def quantize(
             overrides=overrides or None,
             output=output,
             frontend=fe_info.name,
+            backend_options=_parse_algorithm("backend:" + ",".join(backend_options))[1],
             batch_size=batch_size,
             registry=registry,
             progress=not ctx.obj["quiet"] and not as_json,

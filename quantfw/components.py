@@ -248,7 +248,9 @@ class BackendInfo(_Requires):
 
     :param name: unique backend name (``"onnxruntime"``, ``"tensorrt"``).
     :param targets: target names it lowers to.
-    :param factory: zero-argument callable returning a :class:`Backend`.
+    :param factory: ``factory(**options)`` returns a :class:`Backend`; the options come from
+        ``quantize(..., backend_options=...)`` (e.g. an artifact format) and unknown ones must
+        raise ``TypeError``.
     :param artifact_format: file format it writes (``"onnx"``, ``"tflite"``), for listings.
     :param requires: importable modules it needs.
     :param description: one line for listings.
@@ -257,7 +259,7 @@ class BackendInfo(_Requires):
 
     name: str
     targets: tuple[str, ...]
-    factory: Callable[[], Backend]
+    factory: Callable[..., Backend]
     artifact_format: str = ""
     requires: tuple[str, ...] = ()
     description: str = ""

@@ -186,6 +186,7 @@ def quantize(
     output: str | os.PathLike[str] | None = None,
     frontend: str | None = None,
     backend: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
     batch_size: int = 32,
     registry: Any = None,
     progress: bool = False,
@@ -204,6 +205,8 @@ def quantize(
     :param output: where the backend writes the artifact; without it no artifact is written.
     :param frontend: force a frontend by name instead of asking each whether it accepts ``model``.
     :param backend: force a backend by name.
+    :param backend_options: passed to the backend's factory (e.g. ``{"fmt": "qoperator"}`` for
+        the ONNX Runtime backend).
     :param batch_size: samples per batch when calibration data is given as whole arrays.
     :param registry: a plugin registry (default: the process-wide one).
     :param progress: show progress bars on stderr.
@@ -302,8 +305,12 @@ def quantize(
         if isinstance(model, (str, Path)):
             check_not_input(output, [model])
         be = usable[0]
+        try:
+            lowering = be.factory(**dict(backend_options or {}))
+        except TypeError as exc:
+            raise ValueError(f"backend {be.name!r} rejected backend_options: {exc}") from None
         with reporter.stage("lower", be.name, ctx) as timer:
-            artifact = be.factory().lower(model_obj, graph, recipe, Path(output))
+            artifact = lowering.lower(model_obj, graph, recipe, Path(output))
         timings[f"lower:{be.name}"] = timer.elapsed
         backend_note = f"{be.name} wrote {artifact.path}"
     elif usable:

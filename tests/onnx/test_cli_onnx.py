@@ -52,3 +52,27 @@ def test_quantize_onnx_for_x86(tmp_path, kit):
         ],
     )
     assert res2.exit_code == 1 and "refusing to write the output" in res2.output
+
+
+def test_qoperator_format_from_the_command_line(tmp_path, kit):
+    model = tmp_path / "cnn.onnx"
+    onnx.save(kit.build_cnn(), str(model))
+    np.savez(tmp_path / "calib.npz", input=kit.cnn_batch(8)["input"])
+    out = tmp_path / "cnn.qop.onnx"
+    args = [
+        "--quiet",
+        "quantize",
+        str(model),
+        "--target",
+        "x86",
+        "--calib",
+        str(tmp_path / "calib.npz"),
+        "-o",
+        str(out),
+    ]
+    res = CliRunner().invoke(cli, [*args, "-B", "fmt=qoperator"])
+    assert res.exit_code == 0, res.output
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "QLinearConv" in ops
+    res = CliRunner().invoke(cli, [*args, "-B", "colour=blue"])
+    assert res.exit_code == 1 and "rejected backend_options" in res.output

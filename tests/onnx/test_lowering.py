@@ -663,8 +663,6 @@ def test_opset_is_raised_and_other_domains_kept():
 
 def test_errors_are_clear(mlp):
     model, qg, recipe, _ = mlp
-    with pytest.raises(ValueError, match="qoperator' is not supported yet"):
-        write_qdq(model, qg, recipe, fmt="qoperator")
     with pytest.raises(ValueError, match="unknown format 'tflite'"):
         write_qdq(model, qg, recipe, fmt="tflite")
 

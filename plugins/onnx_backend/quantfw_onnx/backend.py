@@ -130,7 +130,10 @@ def _cpu_vnni() -> tuple[bool, str]:
 class OnnxRuntimeBackend:
     """Lowers recipes to ONNX QDQ models and runs them with ONNX Runtime's CPU provider.
 
-    :param fmt: ``"qdq"`` (the only format written so far).
+    :param fmt: ``"qdq"`` (default) or ``"qoperator"`` (QLinearConv / QLinearMatMul /
+        MatMulInteger where a pattern converts; see :mod:`quantfw_onnx.qoperator`).  Through
+        :func:`quantfw.quantize` it is ``backend_options={"fmt": "qoperator"}``, on the command line
+        ``--backend-option fmt=qoperator``.
     :param check_cpu: refuse, in :meth:`run`, artifacts whose 8-bit weights saturate on this CPU.
     :param threads: intra-op threads for :meth:`run`'s sessions (``None``: ONNX Runtime's choice).
     """
@@ -147,8 +150,18 @@ class OnnxRuntimeBackend:
     def lower(self, model: object, graph: QuantGraph, recipe: Recipe, output: Path) -> Artifact:
         """Write the quantized model to ``output`` atomically and describe it.
 
-        :raises ValueError: when ``output`` is the input model's file, or the recipe cannot be
-            expressed in ONNX (:class:`~quantfw_onnx.qdq.LoweringError`).
+        The format is the backend's ``fmt``: ``"qdq"`` (the default) or ``"qoperator"`` -- the same QDQ model with
+        its quantized Conv/MatMul/Gemm rewritten as QLinearConv/QLinearMatMul/MatMulInteger/
+        ConvInteger (:mod:`quantfw_onnx.qoperator`), e.g.
+        ``OnnxRuntimeBackend(fmt="qoperator").lower(result.model, result.graph, result.recipe,
+        path)`` after a ``quantize`` without ``output``.  A QOperator artifact's metadata also
+        counts its integer ops (``qlinear_conv``, ``qlinear_matmul``, ``matmul_integer``,
+        ``conv_integer``) and the float ops still reading a DequantizeLinear
+        (``float_ops_on_dequantized``), and ``max_weight_code``/``needs_vnni`` cover the weights
+        the integer ops read directly.
+
+        :raises ValueError: when ``output`` is the input model's file, the format is unknown, or
+            the recipe cannot be expressed in ONNX (:class:`~quantfw_onnx.qdq.LoweringError`).
         """
         import onnx
 
@@ -160,6 +173,10 @@ class OnnxRuntimeBackend:
         source = _load_model(model, graph)
         qmodel = write_qdq(source, graph, recipe, fmt=self.fmt)
         stats = artifact_stats(qmodel)
+        if self.fmt == "qoperator":
+            from .qoperator import qoperator_stats
+
+            stats.update(qoperator_stats(qmodel))
         size = qmodel.ByteSize()
         external = None
         if size > PROTOBUF_LIMIT:

@@ -29,14 +29,24 @@ class X86Detection:
     reason: str
 
 
-def detect_x86(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo", flags: frozenset[str] | None = None) -> X86Detection:
+def detect_x86(
+    cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo", flags: frozenset[str] | None = None
+) -> X86Detection:
     """Choose between the x86 targets from the CPU flags (``flags`` overrides the file)."""
     found = flags if flags is not None else read_cpu_flags(cpuinfo)
     if found is None:
-        return X86Detection("x86-avx2", f"no CPU flags readable at {os.fspath(cpuinfo)}; assuming AVX2 without VNNI (safe everywhere)")
+        return X86Detection(
+            "x86-avx2",
+            f"no CPU flags readable at {os.fspath(cpuinfo)}; assuming AVX2 without VNNI (safe everywhere)",
+        )
     vnni = [f for f in VNNI_FLAGS if f in found]
     if vnni:
         return X86Detection("x86-vnni", f"detected {', '.join(vnni)}: VNNI int8 kernels")
     if "avx2" in found:
-        return X86Detection("x86-avx2", "detected avx2 without VNNI: 7-bit weights avoid int16 saturation")
-    return X86Detection("x86-avx2", "no avx2 flag found; using the AVX2 rules (ONNX Runtime falls back to slower kernels)")
+        return X86Detection(
+            "x86-avx2", "detected avx2 without VNNI: 7-bit weights avoid int16 saturation"
+        )
+    return X86Detection(
+        "x86-avx2",
+        "no avx2 flag found; using the AVX2 rules (ONNX Runtime falls back to slower kernels)",
+    )

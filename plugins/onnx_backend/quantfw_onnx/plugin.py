@@ -25,10 +25,10 @@ def _frontend():
     return OnnxFrontend()
 
 
-def _backend():
+def _backend(**options):
     from .backend import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend()
+    return OnnxRuntimeBackend(**options)
 
 
 def x86_target() -> TargetSpec:
@@ -37,14 +37,19 @@ def x86_target() -> TargetSpec:
 
     found = detect_x86()
     spec = load_target(_HERE / "targets" / f"{found.target}.toml")
-    return replace(spec, name="x86", description=f"this CPU's x86 target = {found.target} ({found.reason})")
+    return replace(
+        spec, name="x86", description=f"this CPU's x86 target = {found.target} ({found.reason})"
+    )
 
 
 @hookimpl
 def quantfw_register_frontends(register: Callable[[FrontendInfo], None]) -> None:
     register(
         FrontendInfo(
-            "onnx", _frontend, suffixes=(".onnx",), requires=("onnx", "onnxruntime"),
+            "onnx",
+            _frontend,
+            suffixes=(".onnx",),
+            requires=("onnx", "onnxruntime"),
             description="ONNX models (.onnx files, onnx.ModelProto), run by ONNX Runtime",
             install_hint=_INSTALL,
         )
@@ -62,7 +67,10 @@ def quantfw_register_targets(register: Callable[[object], None]) -> None:
 def quantfw_register_backends(register: Callable[[BackendInfo], None]) -> None:
     register(
         BackendInfo(
-            "onnxruntime", (*_TARGETS, "x86"), _backend, artifact_format="onnx",
+            "onnxruntime",
+            (*_TARGETS, "x86"),
+            _backend,
+            artifact_format="onnx",
             requires=("onnx", "onnxruntime"),
             description="QDQ (or QOperator) ONNX models for ONNX Runtime's CPU provider",
             install_hint=_INSTALL,

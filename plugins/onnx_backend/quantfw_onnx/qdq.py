@@ -1018,17 +1018,18 @@ def write_qdq(
         them into integer kernels) or ``"qoperator"`` (QLinearConv/QLinearMatMul/MatMulInteger).
     :raises LoweringError: naming the tensor and what ONNX cannot express.
     """
-    if fmt == "qoperator":
-        raise ValueError(
-            "fmt='qoperator' is not supported yet: write fmt='qdq' -- ONNX Runtime fuses the "
-            "QDQ form into the same QLinearConv/QLinearMatMul/QGemm/MatMulIntegerToFloat kernels "
-            "at session creation"
-        )
-    if fmt != "qdq":
+    if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"write_qdq takes an onnx.ModelProto, not {type(model).__name__}")
-    return _Writer(model, graph, recipe).run()
+    qdq = _Writer(model, graph, recipe).run()
+    if fmt == "qoperator":
+        # computed from the QDQ model, so codes, scales and zero points are the recipe's; what
+        # matches no integer operator keeps its Q/DQ (see quantfw_onnx.qoperator)
+        from .qoperator import to_qoperator
+
+        return to_qoperator(qdq)
+    return qdq
 
 
 def count_ops(model: onnx.ModelProto) -> dict[str, int]:
