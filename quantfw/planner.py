@@ -615,8 +615,10 @@ class _Planner:
             dynamic = ov.dynamic
         self.dynamic = dynamic
 
+        too_short = self.short_reductions()
+
         def base_eligible(n: Node) -> bool:
-            if n.name in ignored or n.op not in t.ops.quantize:
+            if n.name in ignored or n.name in too_short or n.op not in t.ops.quantize:
                 return False
             return not dynamic or n.op in t.dynamic.ops
 
@@ -654,6 +656,8 @@ class _Planner:
                 decision = (True, f"fused into {head} ({chain})")
             elif n.name in reasons:
                 decision = reasons[n.name]
+            elif n.name in too_short:
+                decision = (False, too_short[n.name])
             elif n.name in not_between:
                 decision = (False, not_between[n.name])
             elif n.name in passthrough:
@@ -695,6 +699,24 @@ class _Planner:
             warnings=self.warnings,
             dynamic=dynamic,
         )
+
+    def short_reductions(self) -> dict[str, str]:
+        """Convolutions whose per-output reduction is below ``ops.min_reduction``."""
+        limit = self.t.ops.min_reduction
+        out: dict[str, str] = {}
+        if not limit:
+            return out
+        for n in self.g.nodes:
+            w = self.g.weight(n)
+            if n.op is not OpKind.CONV or w is None or w.ndim < 3:
+                continue
+            red = int(np.prod(w.shape[1:]))  # (out, in/groups, k...)
+            if red < limit:
+                out[n.name] = (
+                    f"kept float: each output sums only {red} products, below target "
+                    f"{self.t.name!r}'s ops.min_reduction = {limit} (the integer kernel would be slower)"
+                )
+        return out
 
     def between_quantized(self, eligible: Any) -> dict[str, str]:
         """Nodes of ``ops.only_between_quantized`` kinds that would break out of an integer chain,

@@ -109,6 +109,10 @@ Top level
     data input comes from a quantized op (looking through relu/clip and shared-scale ops) and a
     quantized op reads the output.  Elsewhere they would only add Q/DQ pairs and lose precision
     (a transformer's residual add feeding LayerNorm, its attention-mask add feeding Softmax).
+``min_reduction``
+    Convolutions that sum fewer products per output (input channels per group x kernel area)
+    stay float: the integer kernel's fixed costs outweigh a short reduction (a first
+    convolution over one image channel).  Default 0 (no limit).
 ``quantize_outputs``
     ``always`` (default: a quantized op writes a quantized output, as ONNX Runtime QDQ and TFLite
     do) or ``when_consumed`` (only when a quantized consumer reads it: TensorRT's placement).
@@ -344,6 +348,7 @@ class OpRules:
     per_op: Mapping[OpKind, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     only_between_quantized: frozenset[OpKind] = frozenset()
     weight_only: frozenset[OpKind] = frozenset()
+    min_reduction: int = 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -531,6 +536,7 @@ class TargetSpec:
                 "shared_scale": kinds(self.ops.shared_scale),
                 "quantize_outputs": self.ops.quantize_outputs,
                 "only_between_quantized": kinds(self.ops.only_between_quantized),
+                "min_reduction": self.ops.min_reduction,
                 "fixed_output": {
                     k.value: {"scale": v.scale, "zero_point": v.zero_point}
                     for k, v in self.ops.fixed_output.items()
@@ -619,6 +625,7 @@ _OPS_KEYS = (
     "per_op",
     "only_between_quantized",
     "weight_only",
+    "min_reduction",
 )
 _FIXED_KEYS = ("scale", "zero_point")
 
@@ -991,7 +998,18 @@ class _Parser:
                 _fmt_allowed(sorted(k.value for k in quantize)),
             )
         weight_only = self.weight_only_kinds(tbl.get("weight_only", []), quantize, float_only)
-        return OpRules(quantize, float_only, shared, policy, fixed, per_op, between, weight_only)
+        min_reduction = tbl.get("min_reduction", 0)
+        if (
+            isinstance(min_reduction, bool)
+            or not isinstance(min_reduction, int)
+            or min_reduction < 0
+        ):
+            raise self.bad(
+                "ops.min_reduction", min_reduction, "a non-negative integer", "e.g. 0, 16, 32"
+            )
+        return OpRules(
+            quantize, float_only, shared, policy, fixed, per_op, between, weight_only, min_reduction
+        )
 
     def weight_only_kinds(
         self, value: Any, quantize: frozenset[OpKind], float_only: frozenset[OpKind]

@@ -27,7 +27,7 @@ def test_cli_listing_examples_run():
         line.split("#")[0].split()
         for block in _blocks("bash")
         for line in block.splitlines()
-        if line.startswith("quantfw ") and "\\" not in line
+        if line.startswith("quantfw ") and "\\" not in line and " quantize " not in line
     ]
     assert ["quantfw", "targets"] in commands
     for cmd in commands:
@@ -46,3 +46,24 @@ def test_demo_main_job():
     assert acc["float32"] > 93
     assert abs(acc["W:int8 A:int8"] - acc["float32"]) <= 1.0
     assert acc["W:ternary A:int8"] > acc["W:int2 A:int8"]  # absmean scaling beats min-max
+
+
+def test_x86_main_job():
+    """The README's main job: the digits CNN quantized for this CPU's x86 target, run in ORT."""
+    import pytest
+
+    pytest.importorskip("onnxruntime", reason="the main job needs the onnx extra")
+    pytest.importorskip("sklearn", reason="the main job needs the demo extra (scikit-learn)")
+    out = subprocess.run(
+        [sys.executable, "-m", "quantfw_onnx.demo", "--repeats", "3"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = out.stdout.splitlines()
+    assert lines[1].startswith("target x86: this CPU's x86 target = x86-")
+    rows = {ln[:24].strip(): ln[24:] for ln in lines[4:]}
+    acc = {name: float(rest.split("%")[0]) for name, rest in rows.items()}
+    assert set(acc) >= {"float32", "int8 static minmax", "int8 dynamic"}
+    assert acc["float32"] > 95
+    assert abs(acc["int8 static minmax"] - acc["float32"]) <= 1.0

@@ -7,9 +7,10 @@ the per-channel rewrite ``y = (x / s) (s W)`` is exact in float, and with
 the activation (now flatter) and the weight (quantized per output channel, so the extra spread
 across input channels is cheap).
 
-Where it applies: an activation read quantized only by its consumers (``consumers`` set in the
-plan: QDQ on the consumers' edges) whose quantized readers are all ``linear`` nodes with a 2-D
-constant weight, reducing over the activation's last axis.  One ``s`` serves all such readers
+Where it applies: an activation computed by a float op (LayerNorm, GELU… — not by an integer
+kernel whose requantization the runtime fuses) and read quantized only by its consumers
+(``consumers`` set in the plan: QDQ on the consumers' edges), whose quantized readers are all
+``linear`` nodes with a 2-D constant weight, reducing over the activation's last axis.  One ``s`` serves all such readers
 (the Q/K/V projections share their input), so they share one set of codes.  Float readers (the
 residual branch) keep reading ``x`` untouched.  At run time the division is one float
 elementwise multiply by ``1 / s`` in front of the activation's quantizer (see
@@ -81,8 +82,13 @@ class SmoothQuant:
             for w in n.weights.values():
                 weight_users[w] = weight_users.get(w, 0) + 1
         chosen: dict[str, list] = {}
+        quantized_nodes = set(plan.quantized_nodes())
         for tp in plan.activations():
             if tp.all_readers or tp.spec.dynamic or tp.spec.is_float or not tp.consumers:
+                continue
+            if tp.producer is not None and tp.producer in quantized_nodes:
+                # written by an integer kernel (a conv/gemm chain, a shared-scale op): a multiply
+                # between it and the quantizer would break the runtime's requantizing fusion
                 continue
             readers = [graph.node(c) for c in tp.consumers]
             ok = all(
