@@ -1093,3 +1093,13 @@ def test_smoothquant_lowering_matches_reference(mlp):
             t = recipe.tensors[wname]
             codes = initializer(qm, dq_input_of(qm, wname).input[0])
             np.testing.assert_array_equal(codes, quantize(recipe.weights[wname], t.params, t.spec))
+
+
+def test_artifact_carries_no_inferred_intermediate_shapes(mlp):
+    """The frontend's inferred shapes stay out of the artifact (they switched on a slow ORT fusion)."""
+    model, qg, recipe, _ = mlp
+    inferred = onnx.shape_inference.infer_shapes(model)
+    assert len(inferred.graph.value_info) > 0
+    qm = write_qdq(inferred, qg, recipe)
+    assert len(qm.graph.value_info) == 0
+    assert [i.name for i in qm.graph.input] == [i.name for i in model.graph.input]

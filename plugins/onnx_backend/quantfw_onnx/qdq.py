@@ -525,6 +525,11 @@ class _Writer:
         g.node.extend(order)
         g.initializer.extend(self.inits)
         self.prune_unused(g)
+        # Intermediate shapes came from the frontend's shape inference, not from the user's
+        # model. Left in, they let ONNX Runtime 1.32 fuse every residual Add + LayerNorm into
+        # SkipLayerNormalization, whose CPU kernel is ~8x slower than the pair here: MiniLM at
+        # batch 32 ran 1.58x faster than float with them, 1.90x without (2.17x vs 1.75x dynamic).
+        del g.value_info[:]
         _fix_ir_version(m)
         self.stamp(m)
         return m
