@@ -247,6 +247,16 @@ def _all_names(graph: onnx.GraphProto, out: set[str]) -> None:
             _all_names(sub, out)
 
 
+def unique_name(taken: set[str], base: str) -> str:
+    """``base``, or ``base_2``, ``base_3``… — the first not in ``taken``, which it joins."""
+    name, i = base, 1
+    while name in taken:
+        i += 1
+        name = f"{base}_{i}"
+    taken.add(name)
+    return name
+
+
 def _rename_reads(graph: onnx.GraphProto, old: str, new: str, only: set[str] | None = None) -> None:
     """Make every reader of ``old`` (subgraphs included) read ``new``; with ``only``, just the
     top-level nodes of those names (quantization on some consumers' edges)."""
@@ -353,12 +363,7 @@ class _Writer:
     inits: list[TensorProto] = field(default_factory=list)
 
     def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
+        return unique_name(self.names, base)
 
     def readers_of(self, t: TensorRecipe) -> set[str] | None:
         """ONNX node names that read ``t`` quantized; ``None`` means every reader."""

@@ -78,7 +78,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .qdq import _all_names, _subgraphs
+from .qdq import _all_names, _subgraphs, unique_name
 
 __all__ = ["to_qoperator", "qoperator_census", "qoperator_stats"]
 
@@ -131,12 +131,7 @@ class _Rewriter:
 
     # -- names, constants ------------------------------------------------------------------------
     def fresh(self, base: str) -> str:
-        name, i = base, 1
-        while name in self.names:
-            i += 1
-            name = f"{base}_{i}"
-        self.names.add(name)
-        return name
+        return unique_name(self.names, base)
 
     def add_init(self, value: np.ndarray, base: str) -> str:
         t = numpy_helper.from_array(np.asarray(value), self.fresh(base))
