@@ -319,20 +319,29 @@ class TensorPlan:
 
 @dataclass(frozen=True)
 class NodeDecision:
-    """Whether a node runs quantized, and why (a sentence for people)."""
+    """Whether a node runs quantized, and why.
+
+    :ivar reason: a sentence for people, naming this node's own evidence.
+    :ivar rule: the general rule that decided, without node names, so that summaries can group
+        nodes by it (``"op kind softmax is float-only on target 'x86'"``).
+    """
 
     node: str
     op: str
     quantized: bool
     reason: str
+    rule: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "node": self.node,
             "op": self.op,
             "quantized": self.quantized,
             "reason": self.reason,
         }
+        if self.rule and self.rule != self.reason:
+            d["rule"] = self.rule
+        return d
 
 
 @dataclass
@@ -649,17 +658,22 @@ class _Planner:
         decisions = []
         for n in g.nodes:
             op = n.op.value
+            rule = ""
             if n.name in ignored:
                 decision = (False, ignored[n.name])
+                rule = "ignored by an override"
             elif n.name in tail_of:
                 head, chain = tail_of[n.name]
                 decision = (True, f"fused into {head} ({chain})")
+                rule = f"fused ({chain})"
             elif n.name in reasons:
                 decision = reasons[n.name]
             elif n.name in too_short:
                 decision = (False, too_short[n.name])
+                rule = f"conv reduction below ops.min_reduction = {t.ops.min_reduction}"
             elif n.name in not_between:
                 decision = (False, not_between[n.name])
+                rule = f"{op} is quantized only between quantized ops on target {t.name!r}"
             elif n.name in passthrough:
                 decision = (
                     True,
@@ -687,7 +701,7 @@ class _Planner:
                 )
             else:
                 decision = (False, f"op kind {op} is not quantized on target {t.name!r}")
-            decisions.append(NodeDecision(n.name, op, *decision))
+            decisions.append(NodeDecision(n.name, op, *decision, rule=rule or decision[1]))
 
         self.warn_ineffective_layers(set(units) | passthrough)
         return QuantPlan(

@@ -17,7 +17,8 @@ class Summary:
     :ivar target: target name.
     :ivar frontend: frontend name.
     :ivar nodes: ``{"quantized": n, "float": n}``.
-    :ivar float_reasons: reason → node names kept in float for it.
+    :ivar float_reasons: rule → node names kept in float by it (each node's own reason is in
+        the plan's decisions and the recipe).
     :ivar tensors: one row per quantized tensor (name, role, dtype, granularity, scale range).
     :ivar algorithms: stage → algorithm names.
     :ivar calibration_samples: samples seen by the calibrate stage (``None``: no data).
@@ -57,7 +58,7 @@ class Summary:
         reasons: dict[str, list[str]] = {}
         for d in plan.decisions:
             if not d.quantized:
-                reasons.setdefault(d.reason, []).append(d.node)
+                reasons.setdefault(d.rule or d.reason, []).append(d.node)
         rows = []
         for name, t in recipe.tensors.items():
             row: dict[str, Any] = {
