@@ -66,6 +66,9 @@ class CalibrationData:
             raise CalibrationError("no calibration data given")
         if isinstance(source, CalibrationFile):
             source = source.resolve(graph)
+        fixed = self._fixed_batch()
+        if fixed is not None and isinstance(source, (np.ndarray, Mapping)):
+            batch_size = self.batch_size = fixed  # whole arrays: cut them as the model demands
         if isinstance(source, np.ndarray):
             batches = _split({self._single_name("an array"): source}, batch_size)
             self._factory = lambda: batches
@@ -129,10 +132,28 @@ class CalibrationData:
             out[name] = v
         return out
 
+    def _fixed_batch(self) -> int | None:
+        """The batch size every model input fixes (an exported static batch), if they agree."""
+        sizes = set()
+        for name in self.input_names:
+            shape = self.graph.input_shapes.get(name)
+            first = shape[0] if shape else None
+            if not (isinstance(first, int) and first > 0):
+                return None
+            sizes.add(first)
+        return sizes.pop() if len(sizes) == 1 else None
+
     def _check_shape(self, name: str, v: np.ndarray, index: int) -> None:
         want = self.graph.input_shapes.get(name)
         if not want:
             return
+        first = want[0]
+        if v.ndim == len(want) and isinstance(first, int) and first > 0 and v.shape[0] != first:
+            raise CalibrationError(
+                f"calibration batch {index}, input {name!r}: {v.shape[0]} samples, but the model "
+                f"was exported with a fixed batch of {first} (shape {tuple(want)}); give batches of "
+                f"{first} sample(s), or whole arrays (quantfw cuts them to the model's batch)"
+            )
         if v.ndim != len(want):
             raise CalibrationError(
                 f"calibration batch {index}, input {name!r}: got shape {tuple(v.shape)}, the model "

@@ -704,6 +704,17 @@ class _Planner:
             decisions.append(NodeDecision(n.name, op, *decision, rule=rule or decision[1]))
 
         self.warn_ineffective_layers(set(units) | passthrough)
+        if g.nodes and not any(d.quantized for d in decisions):
+            hint = (
+                f"; in dynamic mode target {t.name!r} quantizes only "
+                f"{_fmt(sorted(k.value for k in t.dynamic.ops))}: try static quantization"
+                if dynamic
+                else ""
+            )
+            self.warnings.append(
+                f"no node of graph {g.name!r} is quantized on target {t.name!r}: the artifact "
+                f"computes in float (each node's reason is in the plan){hint}"
+            )
         return QuantPlan(
             target=t.name,
             tensors=tensors,

@@ -113,3 +113,13 @@ def test_npz_refuses_pickled_objects(tmp_path):
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}], dtype=object))
     with pytest.raises(CalibrationError, match="cannot read"):
         load_calibration_source(str(tmp_path / "obj.npz"), ["x"])
+
+
+def test_fixed_batch_models():
+    """A model exported with a fixed batch of 1: whole arrays are cut to it, wrong batches are
+    refused with the fix named."""
+    g = QuantGraph([Node("r", "relu", ["x"], ["y"])], ["x"], ["y"], input_shapes={"x": (1, 3)})
+    data = CalibrationData(np.ones((5, 3)), g, batch_size=32)
+    assert [len(b["x"]) for b in data] == [1] * 5
+    with pytest.raises(CalibrationError, match="fixed batch of 1.*batches of 1 sample"):
+        list(CalibrationData([np.ones((4, 3))], g))

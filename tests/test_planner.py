@@ -806,3 +806,15 @@ def test_weight_only_embedding_follows_overrides_and_modes() -> None:
     )
     assert "word.weight" not in p.tensors
     assert p.decision("word").reason == "op kind embedding is not quantized on target 'wo'"
+
+
+def test_warns_when_nothing_is_quantized(generic: TargetSpec) -> None:
+    b = GraphBuilder()
+    b.op("sum", "add", ["x", "z"], "y")
+    g = b.build(["x", "z"], ["y"], "adds")
+    p = plan(g, generic, Overrides(dynamic=True))  # generic quantizes adds statically only
+    assert not p.quantized_nodes()
+    assert any(
+        "no node of graph 'adds' is quantized" in w and "try static" in w for w in p.warnings
+    )
+    assert not any("no node" in w for w in plan(g, generic).warnings)
