@@ -97,3 +97,13 @@ def test_avx2_target_refuses_8bit_weight_override(kit):
         quantfw.quantize(
             kit.build_cnn(), _calib(kit), target="x86-avx2", overrides={"weight": {"dtype": "int8"}}
         )
+
+
+def test_int32_token_ids_are_widened(kit):
+    """Tokenizers often return int32 ids; a model taking int64 gets them widened, not an ORT error."""
+    batch = kit.transformer_batch(4)
+    batch32 = {**batch, "ids": batch["ids"].astype(np.int32)}
+    a = quantfw.quantize(kit.build_transformer(), [batch], target="x86")
+    b = quantfw.quantize(kit.build_transformer(), [batch32], target="x86")
+    for name, t in a.recipe.of_role("activation").items():
+        assert b.recipe.tensors[name].params == t.params

@@ -205,6 +205,31 @@ def test_gelu_half_first_and_silu(kit):
     assert graph.nodes[1].inputs == ["g"] and graph.nodes[1].outputs == ["y"]
 
 
+def test_gelu_torch_export_form(kit):
+    # torch.onnx.export(dynamo=True): x * ((1 + erf(x / sqrt 2)) * 0.5), the half on the Add's side
+    model = kit.make_model(
+        [
+            mk("Div", ["x", "sqrt2"], ["d"], name="g/div"),
+            mk("Erf", ["d"], ["e"], name="g/erf"),
+            mk("Add", ["e", "one"], ["a"], name="g/add"),
+            mk("Mul", ["half", "a"], ["h"], name="g/half"),
+            mk("Mul", ["x", "h"], ["y"], name="g/gelu"),
+        ],
+        [vi("x", [2, 6])],
+        [vi("y", [2, 6])],
+        {
+            "sqrt2": np.array(math.sqrt(2), np.float32),
+            "one": np.array(1.0, np.float32),
+            "half": np.array(0.5, np.float32),
+        },
+    )
+    feeds = {"x": np.linspace(-3, 3, 12, dtype=np.float32).reshape(2, 6)}
+    graph = assert_interpreter_matches_ort(kit, model, feeds)
+    assert kinds(graph) == ["gelu"]
+    assert graph.nodes[0].inputs == ["x"] and graph.nodes[0].outputs == ["y"]
+    assert graph.nodes[0].attrs["onnx_nodes"] == ["g/div", "g/erf", "g/add", "g/half", "g/gelu"]
+
+
 def test_no_merge_when_it_would_change_the_graph(kit):
     rng = np.random.default_rng(3)
     model = kit.make_model(

@@ -368,7 +368,13 @@ class _Capturer:
             return None
         other = self._other_operand(m1, a_out)  # type: ignore[arg-type]
         m1_out = self.nodes[m1].output[0]  # type: ignore[index]
-        if other == x:  # (x * (1 + erf)) * 0.5
+        if self._scalar_mul(m1, 0.5) == a_out:  # x * ((1 + erf) * 0.5): torch.export's form
+            m2 = self.only_consumer(m1_out)
+            if not self.is_op(m2, "Mul") or self._other_operand(m2, m1_out) != x:  # type: ignore[arg-type]
+                return None
+            covered = [p, i, a_idx, m1, m2]
+            out = self.nodes[m2].output[0]  # type: ignore[index]
+        elif other == x:  # (x * (1 + erf)) * 0.5
             m2 = self.only_consumer(m1_out)
             if self._scalar_mul(m2, 0.5) != m1_out:
                 return None

@@ -194,7 +194,8 @@ class OrtSession:
 
     def feeds(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The model's inputs from ``batch``: float values cast to each input's declared type,
-        integer and boolean values passed unchanged.
+        integers widened where that keeps every value (int32 token ids for an int64 input),
+        other integer and boolean values passed unchanged.
 
         :raises ValueError: on missing or unknown input names, or non-integral values for an
             integer input.
@@ -217,6 +218,11 @@ class OrtSession:
                         f"input {name!r} is {want} in the model but got non-integral floats"
                     )
                 v = v.astype(want)
+            elif (
+                v.dtype.kind in "iu" and want is not None and want.kind in "iu" and v.dtype != want
+            ):
+                if np.can_cast(v.dtype, want, casting="safe"):
+                    v = v.astype(want)
             out[name] = v
         return out
 
