@@ -17,6 +17,7 @@ import pytest
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
+import test_lowering  # noqa: E402
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
@@ -27,8 +28,6 @@ from test_lowering import (  # noqa: E402
     assert_close_fused,
     f32,
     last_layer_step,
-    make_cnn,
-    make_mlp,
     optimized_ops,
     recipe_for,
     reference,
@@ -40,6 +39,10 @@ from quantfw import Node, QuantGraph, QuantParams, QuantSpec, Recipe, TensorReci
 from quantfw.numerics import params_from_tensor, quantize  # noqa: E402
 
 ort.set_default_logger_severity(3)
+
+# the lowering tests' fixtures: the same models and recipes
+mlp = test_lowering.mlp
+cnn = test_lowering.cnn
 
 INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
 
@@ -95,24 +98,6 @@ def make_chain(seed: int = 5, width: int = 32):
         source=model,
     )
     return model, qg
-
-
-@pytest.fixture(scope="module")
-def mlp():
-    model, qg = make_mlp()
-    rng = np.random.default_rng(1)
-    recipe = recipe_for(qg, {"x": f32(rng.normal(size=(16, 8, 32)))})
-    x = f32(rng.normal(size=(4, 8, 32)) * 1.2)
-    return model, qg, recipe, {"x": x}
-
-
-@pytest.fixture(scope="module")
-def cnn():
-    model, qg = make_cnn()
-    rng = np.random.default_rng(2)
-    recipe = recipe_for(qg, {"x": f32(rng.uniform(0, 1, size=(64, 2, 8, 8)))})
-    x = f32(rng.uniform(0, 1, size=(128, 2, 8, 8)))
-    return model, qg, recipe, {"x": x}
 
 
 @pytest.fixture(scope="module")
