@@ -726,7 +726,7 @@ class _Planner:
         )
 
     def short_reductions(self) -> dict[str, str]:
-        """Convolutions whose per-output reduction is below ``ops.min_reduction``."""
+        """Ungrouped convolutions whose per-output reduction is below ``ops.min_reduction``."""
         limit = self.t.ops.min_reduction
         out: dict[str, str] = {}
         if not limit:
@@ -735,6 +735,8 @@ class _Planner:
             w = self.g.weight(n)
             if n.op is not OpKind.CONV or w is None or w.ndim < 3:
                 continue
+            if int(n.attrs.get("groups", 1)) > 1:
+                continue  # grouped / depthwise convolutions have their own fast integer kernels
             red = int(np.prod(w.shape[1:]))  # (out, in/groups, k...)
             if red < limit:
                 out[n.name] = (

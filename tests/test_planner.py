@@ -818,3 +818,23 @@ def test_warns_when_nothing_is_quantized(generic: TargetSpec) -> None:
         "no node of graph 'adds' is quantized" in w and "try static" in w for w in p.warnings
     )
     assert not any("no node" in w for w in plan(g, generic).warnings)
+
+
+def test_min_reduction_spares_depthwise_convs() -> None:
+    t = TargetSpec.from_dict(
+        {
+            "name": "short",
+            "artifact": "none",
+            "weight": {"dtype": "int8", "granularity": "per_channel"},
+            "activation": {"dtype": "uint8", "symmetric": False},
+            "ops": {"quantize": ["conv"], "min_reduction": 16},
+        },
+        source="short",
+    )
+    b = GraphBuilder()
+    b.weighted("stem", "conv", "x", "s", (8, 1, 3, 3), channel_axis=0)  # 9 products: float
+    b.weighted("dw", "conv", "s", "d", (8, 1, 3, 3), channel_axis=0, groups=8)  # depthwise
+    b.weighted("pw", "conv", "d", "y", (8, 8, 3, 3), channel_axis=0)  # 72 products
+    p = plan(b.build(["x"], ["y"], "net"), t)
+    assert not p.decision("stem").quantized and "min_reduction = 16" in p.decision("stem").reason
+    assert p.decision("dw").quantized and p.decision("pw").quantized
