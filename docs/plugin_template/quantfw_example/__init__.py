@@ -1,0 +1,1 @@
+"""quantfw-example: a template plugin (a target spec and a finalize-stage algorithm)."""
