@@ -88,21 +88,6 @@ class OpKind(str, Enum):
             raise ValueError(f"{where}: {value!r} is not an op kind; allowed: {allowed}") from None
 
 
-#: Ops whose only non-constant input is data-movement: output values are a subset of input values.
-DATA_MOVEMENT = frozenset(
-    {
-        OpKind.RESHAPE,
-        OpKind.TRANSPOSE,
-        OpKind.FLATTEN,
-        OpKind.SQUEEZE,
-        OpKind.SLICE,
-        OpKind.GATHER,
-        OpKind.MAX_POOL,
-        OpKind.IDENTITY,
-        OpKind.PAD,
-    }
-)
-
 #: Ops that carry a constant weight tensor in ``node.weights["weight"]``.
 WEIGHTED = frozenset({OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.LINEAR, OpKind.EMBEDDING})
 

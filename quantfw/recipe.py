@@ -105,11 +105,6 @@ class Recipe:
     def add(self, tensor: TensorRecipe) -> None:
         self.tensors[tensor.name] = tensor
 
-    def reads_quantized(self, tensor: str, node: str) -> bool:
-        """Whether graph node ``node`` reads activation ``tensor`` quantized."""
-        t = self.tensors.get(tensor)
-        return t is not None and (t.consumers is None or node in t.consumers)
-
     def of_role(self, role: str) -> dict[str, TensorRecipe]:
         return {k: v for k, v in self.tensors.items() if v.role == role}
 

@@ -42,6 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantfw.graph import Node, OpKind, QuantGraph
 
+from .graphutil import edges
 from .loader import _default_opset, _outer_names, folded_batchnorms
 
 __all__ = ["capture", "InitializerStore", "FLOAT_TYPES"]
@@ -206,15 +207,7 @@ class _Capturer:
         for t in self.g.initializer:
             self.types[t.name] = t.data_type
             self.shapes[t.name] = self.syms[t.name] = tuple(int(d) for d in t.dims)
-        self.producer: dict[str, int] = {}
-        self.consumers: dict[str, list[int]] = {}
-        for i, n in enumerate(self.nodes):
-            for t in n.output:
-                if t:
-                    self.producer[t] = i
-            for t in n.input:
-                if t:
-                    self.consumers.setdefault(t, []).append(i)
+        self.producer, self.consumers = edges(self.nodes)
         self.folded = folded_batchnorms(model)
         self.defined = {i.name for i in self.g.input} | set(self.init_protos) | set(self.producer)
 

@@ -37,6 +37,8 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
+from .graphutil import unique_name
+
 __all__ = [
     "load_onnx",
     "check_model",
@@ -507,7 +509,7 @@ def _fold_batchnorm(model: onnx.ModelProto) -> dict[str, str]:
         if has_bias:
             b_name = _replace_init(graph, idx, b_base, new_b, f"{conv.name}.bias_bn", taken)
         else:
-            b_name = _unique(b_base, taken)
+            b_name = unique_name(taken, b_base, first_suffix=1)
             graph.initializer.append(numpy_helper.from_array(new_b, b_name))
             idx.inits[b_name] = graph.initializer[-1]
         conv.input[1] = w_name
@@ -528,15 +530,6 @@ def _fold_batchnorm(model: onnx.ModelProto) -> dict[str, str]:
     return folded
 
 
-def _unique(base: str, taken: set[str]) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}_{k}"
-    taken.add(name)
-    return name
-
-
 def _replace_init(
     graph: onnx.GraphProto,
     idx: _Index,
@@ -551,7 +544,7 @@ def _replace_init(
         t = idx.inits[name]
         t.CopyFrom(numpy_helper.from_array(value, name))
         return name
-    new = _unique(fresh, taken)
+    new = unique_name(taken, fresh, first_suffix=1)
     graph.initializer.append(numpy_helper.from_array(value, new))
     idx.inits[new] = graph.initializer[-1]
     return new

@@ -121,6 +121,8 @@ from quantfw.numerics import dequantize, quantize, smoothing_multiplier
 from quantfw.recipe import Recipe, TensorRecipe
 from quantfw.spec import Granularity, QuantSpec
 
+from .graphutil import unique_name
+
 __all__ = ["LoweringError", "write_qdq", "storage_of", "count_ops", "FORMATS", "MIN_OPSET"]
 
 #: Output formats :func:`write_qdq` knows.
@@ -245,16 +247,6 @@ def _all_names(graph: onnx.GraphProto, out: set[str]) -> None:
         out.update(n.output)
         for sub in _subgraphs(n):
             _all_names(sub, out)
-
-
-def unique_name(taken: set[str], base: str) -> str:
-    """``base``, or ``base_2``, ``base_3``… — the first not in ``taken``, which it joins."""
-    name, i = base, 1
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    taken.add(name)
-    return name
 
 
 def _rename_reads(graph: onnx.GraphProto, old: str, new: str, only: set[str] | None = None) -> None:

@@ -78,7 +78,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .qdq import _all_names, _subgraphs, unique_name
+from .graphutil import edges, unique_name
+from .qdq import _all_names, _subgraphs
 
 __all__ = ["to_qoperator", "qoperator_census", "qoperator_stats"]
 
@@ -500,14 +501,7 @@ class _Rewriter:
     # -- driver ------------------------------------------------------------------------------------
     def index(self) -> None:
         g = self.model.graph
-        self.producer, self.readers = {}, {}
-        for i, n in enumerate(g.node):
-            for o in n.output:
-                if o:
-                    self.producer[o] = i
-            for x in n.input:
-                if x:
-                    self.readers.setdefault(x, []).append(i)
+        self.producer, self.readers = edges(g.node)
         self.pinned = {o.name for o in g.output}
         for n in g.node:
             for sub in _subgraphs(n):
