@@ -138,6 +138,15 @@ class Frontend(Protocol):
         """A callable computing the model's outputs with the recipe applied as fake quantization
         (weights rewritten by the recipe included), keyed by graph output name."""
 
+    # Optional methods, used when a frontend defines them (``quantize`` looks them up):
+    #
+    # ``bind(model, *, example_inputs, calibration_data) -> object``: pair a model object with
+    #     what capturing it needs (tracing frontends: example inputs, given or taken from the
+    #     first calibration batch); the result is what capture/collect/simulate then receive.
+    # ``calibration_source(model, graph, data) -> object``: convert framework-native
+    #     calibration data (e.g. a torch DataLoader) into a source :class:`CalibrationData`
+    #     accepts (batches of arrays keyed by ``graph.inputs``).
+
 
 @runtime_checkable
 class Algorithm(Protocol):

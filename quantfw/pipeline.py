@@ -191,6 +191,7 @@ def quantize(
     registry: Any = None,
     progress: bool = False,
     options: Mapping[str, Any] | None = None,
+    example_inputs: Any = None,
 ) -> QuantizationResult:
     """Quantize ``model`` for ``target``.
 
@@ -210,6 +211,10 @@ def quantize(
     :param batch_size: samples per batch when calibration data is given as whole arrays.
     :param registry: a plugin registry (default: the process-wide one).
     :param progress: show progress bars on stderr.
+    :param options: free-form options the algorithms read (``StageContext.options``).
+    :param example_inputs: for frontends that trace (torch): the inputs to capture the model
+        with — a tensor, a tuple of positional inputs or a dict of keyword inputs.  Without
+        them such a frontend traces with the first calibration batch.
     :returns: the recipe, the artifact (or ``None``) and a summary.
     """
     from .plugins import get_registry
@@ -226,7 +231,17 @@ def quantize(
         model_obj = fe.load(Path(model))
     else:
         model_obj = model
+    bind = getattr(fe, "bind", None)
+    if bind is not None:
+        model_obj = bind(
+            model_obj, example_inputs=example_inputs, calibration_data=calibration_data
+        )
+    elif example_inputs is not None:
+        raise ValueError(f"the {fe_info.name!r} frontend does not take example_inputs")
     graph = fe.capture(model_obj)
+    adapt = getattr(fe, "calibration_source", None)
+    if adapt is not None and calibration_data is not None:
+        calibration_data = adapt(model_obj, graph, calibration_data)
 
     ov = (
         overrides

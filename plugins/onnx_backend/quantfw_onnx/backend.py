@@ -62,6 +62,9 @@ def _load_model(model: object, graph: QuantGraph) -> Any:
 
     if isinstance(graph.source, onnx.ModelProto):
         return graph.source
+    # frontends that capture through an ONNX translation (torch) keep it as source.onnx_model
+    if isinstance(getattr(graph.source, "onnx_model", None), onnx.ModelProto):
+        return graph.source.onnx_model
     if isinstance(model, onnx.ModelProto):
         return model
     if isinstance(model, QuantGraph) and isinstance(model.source, onnx.ModelProto):

@@ -1,0 +1,348 @@
+"""Capturing a ``torch.nn.Module``: torch.export, then the ONNX graph quantfw plans on.
+
+How a module becomes a QuantGraph, and why:
+
+1. ``torch.export.export`` (non-strict) traces the module with the example inputs into an
+   ExportedProgram of ATen ops.  We chose torch.export over ``torch.fx.symbolic_trace`` because
+   it captures real models: Hugging Face transformers (``**kwargs``, ``ModelOutput`` returns,
+   shape arithmetic, attention-mask builders) trace through it, while symbolic tracing stops at
+   the first Python branch on a shape or a tensor.  What it cannot trace (a branch on tensor
+   *values*) fails loudly, and :func:`export_module` turns that failure into an error naming the
+   submodule at fault.  Every input dimension is exported as ``Dim.AUTO``: dimensions the model
+   lets vary (batch, sequence) stay symbolic, the others are specialised.
+2. ``scaled_dot_product_attention`` is decomposed into its math (``q @ k^T * scale``, mask,
+   softmax, ``@ v``), so that the attention products are ordinary ``matmul`` nodes a target can
+   quantize, instead of one fused op.
+3. The program is translated to ONNX by ``torch.onnx.export(..., dynamo=True)``.  The exporter
+   names every ONNX value after the FX node that computes it (its ``exported_program`` is the
+   decomposed program it translated), so ONNX names and FX node names are one namespace.
+4. The ONNX model is prepared and captured by the ``onnx`` plugin (:mod:`quantfw_onnx`): the
+   QuantGraph, the plan and the recipe of a torch model are the ones its ONNX export gets, and
+   the ONNX-based backends (ONNX Runtime x86 today) lower it unchanged.
+
+The torch side of the work — collecting activations, fake-quant simulation, QAT — runs the
+decomposed program's module with quantfw's changes spliced in by :mod:`quantfw_torch.bind`, at
+the FX nodes that carry the QuantGraph's tensor names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CaptureError",
+    "Exported",
+    "TorchModel",
+    "as_torch_model",
+    "export_module",
+    "sdpa_math",
+    "to_tensor",
+]
+
+
+class CaptureError(ValueError):
+    """A module that torch.export (or the ONNX translation) cannot capture."""
+
+
+@dataclass
+class TorchModel:
+    """A module plus the example inputs it is captured with.
+
+    :param module: the model.  It is exported in eval mode (its mode is restored afterwards).
+    :param args: positional example inputs (tensors or arrays).
+    :param kwargs: keyword example inputs (Hugging Face models: ``input_ids=…``).
+    :param dynamic_shapes: passed to ``torch.export.export``; ``None`` marks every dimension of
+        every tensor input ``Dim.AUTO``.
+    """
+
+    module: nn.Module
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    dynamic_shapes: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.module, nn.Module):
+            raise TypeError(f"TorchModel needs a torch.nn.Module, not {type(self.module).__name__}")
+        if not isinstance(self.args, tuple):
+            self.args = (self.args,)
+        self.args = tuple(to_tensor(a) for a in self.args)
+        self.kwargs = {k: to_tensor(v) for k, v in dict(self.kwargs).items()}
+        if not self.args and not self.kwargs:
+            raise ValueError(
+                f"{type(self.module).__name__}: capturing a torch module needs example inputs "
+                "(example_inputs=… or calibration data whose first batch can serve)"
+            )
+
+
+def to_tensor(value: Any) -> Any:
+    """numpy arrays become tensors (sharing memory); tensors and other values pass through."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
+
+
+def _forward_params(module: nn.Module) -> list[inspect.Parameter]:
+    try:
+        return list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return []
+
+
+def example_from_batch(module: nn.Module, batch: Any) -> TorchModel:
+    """Example inputs from one calibration batch, the way a training loop would feed it.
+
+    A dict is passed as keyword arguments (keys the forward does not take, such as ``labels``,
+    are dropped); a tuple/list gives as many leading positional inputs as the forward requires
+    (so a DataLoader's ``(images, labels)`` feeds ``images``); anything else is the single input.
+    """
+    params = _forward_params(module)
+    names = {p.name for p in params}
+    takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    if isinstance(batch, Mapping):
+        kwargs = {k: v for k, v in batch.items() if takes_var_kw or k in names}
+        return TorchModel(module, (), kwargs)
+    if isinstance(batch, (tuple, list)):
+        positional = [
+            p
+            for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+        ]
+        count = max(1, len(positional))
+        return TorchModel(module, tuple(batch[:count]))
+    return TorchModel(module, (batch,))
+
+
+def as_torch_model(model: Any, example_inputs: Any = None) -> TorchModel:
+    """Normalise ``model`` (+ ``example_inputs``: a tensor, a tuple of positional inputs, or a
+    dict of keyword inputs) into a :class:`TorchModel`."""
+    if isinstance(model, TorchModel):
+        if example_inputs is not None:
+            raise ValueError("give example inputs once: in the TorchModel or as example_inputs")
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, not {type(model).__name__}")
+    if example_inputs is None:
+        return TorchModel(model)  # raises: no inputs
+    if isinstance(example_inputs, Mapping):
+        return TorchModel(model, (), dict(example_inputs))
+    if isinstance(example_inputs, tuple):
+        return TorchModel(model, example_inputs)
+    return TorchModel(model, (example_inputs,))
+
+
+def sdpa_math(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """``scaled_dot_product_attention`` written with matmul / softmax (inference: no dropout)."""
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    factor = scale if scale is not None else 1.0 / math.sqrt(query.shape[-1])
+    if enable_gqa:
+        rep = query.shape[-3] // key.shape[-3]
+        key = key.repeat_interleave(rep, dim=-3)
+        value = value.repeat_interleave(rep, dim=-3)
+    scores = torch.matmul(query, key.transpose(-2, -1)) * factor
+    if is_causal:
+        keep = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril()
+        scores = scores.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
+
+
+@contextlib.contextmanager
+def _sdpa_as_math() -> Iterable[None]:
+    """Trace ``F.scaled_dot_product_attention`` calls as :func:`sdpa_math` (cheaper than
+    decomposing the op afterwards; modules that bound the function at import time are still
+    caught by the decomposition in :func:`export_module`)."""
+    fn = torch.nn.functional
+    original = fn.scaled_dot_product_attention
+    fn.scaled_dot_product_attention = sdpa_math
+    try:
+        yield
+    finally:
+        fn.scaled_dot_product_attention = original
+
+
+@dataclass
+class Exported:
+    """A captured module.
+
+    :ivar program: the decomposed ExportedProgram the ONNX model was translated from.
+    :ivar module: ``program.module()`` — the FX GraphModule quantfw instruments (its parameters
+        are the user's, shared, not copied).
+    :ivar onnx_model: the ONNX ModelProto (not yet prepared).
+    :ivar input_names: the model's flat inputs, in the order the FX placeholders take them.
+    :ivar output_names: the ONNX outputs, in the order of the FX graph's flat outputs.
+    """
+
+    program: Any
+    module: torch.fx.GraphModule
+    onnx_model: Any
+    input_names: list[str]
+    output_names: list[str]
+
+
+def _auto_dynamic(tm: TorchModel) -> Any:
+    auto = torch.export.Dim.AUTO
+
+    def dims(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return {i: auto for i in range(v.dim())}
+        return None
+
+    params = _forward_params(tm.module)
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < len(tm.args) or tm.kwargs:
+        # torch.export matches a dict of dynamic shapes to the forward's parameter names
+        out: dict[str, Any] = {}
+        for name, v in zip(positional, tm.args, strict=False):
+            out[name] = dims(v)
+        for k, v in tm.kwargs.items():
+            out[k] = dims(v)
+        if len(positional) < len(tm.args):
+            return None  # *args forwards: let export specialise
+        return out
+    return tuple(dims(a) for a in tm.args)
+
+
+def _culprit(exc: BaseException, module: nn.Module) -> str | None:
+    """The qualified name of the innermost submodule whose code raised ``exc``."""
+    owners = {id(m): name for name, m in module.named_modules()}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        obj = tb.tb_frame.f_locals.get("self")
+        if isinstance(obj, nn.Module) and id(obj) in owners:
+            found = owners[id(obj)] or "<root>"
+        tb = tb.tb_next
+    cause = exc.__cause__ or exc.__context__
+    if found is None and cause is not None and cause is not exc:
+        return _culprit(cause, module)
+    return found
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterable[None]:
+    """Silence the exporter's progress prints and warnings (errors still propagate)."""
+    sink = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels, strict=True):
+            lg.setLevel(lvl)
+
+
+def export_module(tm: TorchModel, *, opset: int | None = None) -> Exported:
+    """Capture ``tm`` (see the module docstring).
+
+    :raises CaptureError: naming the submodule whose forward could not be traced and what to do.
+    """
+    module = tm.module
+    cls = type(module).__name__
+    was_training = module.training
+    module.eval()
+    try:
+        with _quiet(), torch.no_grad():
+            try:
+                dynamic = tm.dynamic_shapes if tm.dynamic_shapes is not None else _auto_dynamic(tm)
+                with _sdpa_as_math():
+                    program = torch.export.export(
+                        module, tm.args, tm.kwargs or None, dynamic_shapes=dynamic, strict=False
+                    )
+            except Exception as exc:  # torch raises many types here; all mean "not capturable"
+                where = _culprit(exc, module)
+                at = (
+                    f"submodule {where!r} ({type(module.get_submodule(where)).__name__ if where and where != '<root>' else cls})"
+                    if where
+                    else cls
+                )
+                raise CaptureError(
+                    f"cannot capture {cls}: torch.export failed in {at}: {_first_line(exc)}.  "
+                    "Fixes: pass example inputs shaped and typed like the real ones "
+                    "(example_inputs=… or a TorchModel); if the module branches on tensor values, "
+                    "rewrite the branch with torch.where / torch.cond or move it out of forward; "
+                    f"or keep {where or cls!r} out of the model you quantize (it stays float) and "
+                    "quantize the parts around it."
+                ) from exc
+            sdpa = torch.ops.aten.scaled_dot_product_attention.default
+            if any(n.target is sdpa for n in program.graph.nodes):
+                program = program.run_decompositions({sdpa: sdpa_math})
+            try:
+                kwargs = dict(dynamo=True, optimize=True, verbose=False, report=False)
+                if opset is not None:
+                    kwargs["opset_version"] = opset
+                onnx_program = torch.onnx.export(program, tm.args, kwargs=tm.kwargs, **kwargs)
+            except Exception as exc:
+                raise CaptureError(
+                    f"cannot capture {cls}: torch.export traced it, but its ONNX translation "
+                    f"failed: {_first_line(exc)}.  An op without an ONNX translation must be "
+                    "replaced (or kept out of the model you quantize)."
+                ) from exc
+    finally:
+        module.train(was_training)
+    decomposed = onnx_program.exported_program
+    gm = decomposed.module()
+    proto = onnx_program.model_proto
+    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    onnx_inputs = [i.name for i in proto.graph.input]
+    missing = [n for n in onnx_inputs if n not in placeholders]
+    if missing:
+        raise CaptureError(
+            f"cannot capture {cls}: ONNX inputs {missing} have no FX placeholder "
+            f"(placeholders: {placeholders})"
+        )
+    return Exported(
+        program=decomposed,
+        module=gm,
+        onnx_model=proto,
+        input_names=placeholders,
+        output_names=[o.name for o in proto.graph.output],
+    )
+
+
+def flat_inputs(exported: Exported, batch: Mapping[str, Any]) -> list[Any]:
+    """The FX placeholders' values for a batch keyed by input name (numpy or torch)."""
+    missing = [n for n in exported.input_names if n not in batch]
+    if missing:
+        raise KeyError(f"batch lacks input(s) {missing}; the model takes {exported.input_names}")
+    return [to_tensor(batch[n]) for n in exported.input_names]
+
+
+def fx_outputs(gm: torch.fx.GraphModule) -> Sequence[Any]:
+    """The flat output nodes of ``gm``'s graph."""
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    args = out.args[0]
+    return list(args) if isinstance(args, (tuple, list)) else [args]

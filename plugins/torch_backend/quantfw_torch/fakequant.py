@@ -1,0 +1,173 @@
+"""Fake quantization in torch, bit-exact with :mod:`quantfw.numerics`, and trainable.
+
+:class:`FakeQuantize` snaps a tensor to a quantization grid and back, computing exactly what
+``quantfw.numerics.fake_quantize`` computes (float32 division by the scale, round half to even,
+saturation, ``(q - zero_point) * scale``), so a torch simulation agrees with the core's reference
+and with the runtimes.  For training it passes gradients with the straight-through estimator
+(STE): the rounding counts as the identity, and values the grid clips get no gradient.  With
+``learn_scale=True`` the scale is a parameter trained by LSQ (Esser et al., 2020): the gradient
+of the rounding residual, scaled by ``1 / sqrt(numel · qmax)``.  Without it, a weight quantizer
+recomputes its scale from the weight each step (``observe_weight``), an activation quantizer
+keeps the calibrated one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from quantfw.numerics import compute_qparams, param_shape, reduce_range
+from quantfw.spec import Granularity, QuantParams, QuantSpec
+
+__all__ = ["FakeQuantize", "fake_quantize"]
+
+_FP8 = {
+    "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None),
+    "fp8_e5m2": getattr(torch, "float8_e5m2", None),
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+def _round_ste(v: torch.Tensor) -> torch.Tensor:
+    return v + (torch.round(v) - v).detach()
+
+
+def _grad_scale(s: torch.Tensor, g: float) -> torch.Tensor:
+    return s * g + (s - s * g).detach()
+
+
+def _view(p: torch.Tensor, spec: QuantSpec, ndim: int) -> torch.Tensor:
+    """A per-channel parameter vector reshaped to broadcast over a tensor of rank ``ndim``."""
+    if spec.granularity is not Granularity.PER_CHANNEL:
+        return p
+    axis = spec.axis % ndim
+    shape = [1] * ndim
+    shape[axis] = -1
+    return p.reshape(shape)
+
+
+def fake_quantize(
+    x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec
+) -> torch.Tensor:
+    """``dequantize(quantize(x))`` for broadcast-ready ``scale`` / ``zero_point`` (float32),
+    differentiable by STE (and in ``scale``, LSQ-style)."""
+    y = x / scale
+    if spec.is_float:
+        dtype = _FP8.get(spec.dtype)
+        if dtype is None:
+            raise ValueError(f"torch has no dtype for {spec.dtype} here")
+        m = float(spec.format.max_value)
+        y = torch.clamp(y, -m, m)
+        q = y + (y.to(dtype).to(torch.float32) - y).detach()
+        return q * scale
+    q = torch.clamp(_round_ste(y) + zero_point, float(spec.qmin), float(spec.qmax))
+    return (q - zero_point) * scale
+
+
+class FakeQuantize(nn.Module):
+    """Fake-quantize one tensor (activation or weight) with a quantfw spec.
+
+    :param spec: the scheme (per-tensor or per-channel; dynamic specs compute their parameters
+        from each input, as the runtime does).
+    :param params: initial scale / zero point (``None``: from the first input seen, or required
+        for static activations when not ``observe_weight``).
+    :param smooth: SmoothQuant divisors: the input is multiplied by ``1 / smooth`` first.
+    :param learn_scale: train the scale with LSQ.
+    :param observe_weight: recompute min/max parameters from the input on every call (weights
+        during QAT without LSQ).
+    :param name: the tensor this quantizer sits on, for messages.
+    """
+
+    def __init__(
+        self,
+        spec: QuantSpec,
+        params: QuantParams | None = None,
+        *,
+        smooth: np.ndarray | None = None,
+        learn_scale: bool = False,
+        observe_weight: bool = False,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if spec.granularity not in (Granularity.PER_TENSOR, Granularity.PER_CHANNEL) and not (
+            spec.dynamic
+        ):
+            raise ValueError(
+                f"{name or 'tensor'}: torch fake quantization supports per-tensor and per-channel "
+                f"static specs, not {spec.granularity.value}"
+            )
+        self.spec = spec
+        self.name = name
+        self.observe_weight = observe_weight
+        self.enabled = True
+        if smooth is not None:
+            from quantfw.numerics import smoothing_multiplier
+
+            self.register_buffer("inv_smooth", torch.from_numpy(smoothing_multiplier(smooth)))
+        else:
+            self.inv_smooth = None
+        scale = zp = None
+        if params is not None:
+            scale = torch.from_numpy(np.asarray(params.scale, dtype=np.float32).copy())
+            zp = torch.from_numpy(np.asarray(params.zero_point).astype(np.float32))
+        if learn_scale:
+            if scale is None:
+                raise ValueError(f"{name}: LSQ needs initial parameters")
+            self.scale = nn.Parameter(scale)  # the zero point stays fixed: LSQ trains the step
+        else:
+            self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zp)
+        self.learn_scale = learn_scale
+
+    def extra_repr(self) -> str:
+        mode = "lsq" if self.learn_scale else ("observe" if self.observe_weight else "fixed")
+        return f"{self.name!r}, {self.spec.dtype}, {self.spec.granularity.value}, {mode}"
+
+    def params_for(self, x: torch.Tensor) -> QuantParams:
+        """Min/max parameters of ``x`` computed by the core (exactly what calibration would)."""
+        arr = x.detach().to(torch.float32).cpu().numpy()
+        return compute_qparams(*reduce_range(arr, self.spec), self.spec)
+
+    def current_params(self) -> QuantParams:
+        """The parameters this quantizer applies now, as core :class:`QuantParams`."""
+        if self.scale is None:
+            raise ValueError(f"{self.name}: no parameters yet")
+        scale = self.scale.detach().to(torch.float32).cpu().numpy().copy()
+        if self.learn_scale:
+            scale = np.maximum(scale, np.float32(np.finfo(np.float32).tiny))
+        zp = self.zero_point.detach().cpu().numpy()
+        return QuantParams(scale, np.rint(zp).astype(np.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or not torch.is_floating_point(x):
+            return x
+        if self.inv_smooth is not None:
+            x = x * self.inv_smooth
+        spec = self.spec
+        if spec.dynamic or self.observe_weight:
+            p = self.params_for(x)
+            shape = param_shape(tuple(x.shape), spec)
+            scale = torch.from_numpy(p.scale.reshape(shape) if shape else p.scale).to(x.device)
+            zp = torch.from_numpy(
+                (p.zero_point.reshape(shape) if shape else p.zero_point).astype(np.float32)
+            ).to(x.device)
+            if spec.granularity is Granularity.PER_CHANNEL:
+                scale, zp = _view(scale, spec, x.dim()), _view(zp, spec, x.dim())
+            if self.observe_weight and not spec.dynamic:
+                with torch.no_grad():
+                    self.scale = scale.reshape(-1) if scale.dim() else scale
+                    self.zero_point = zp.reshape(-1) if zp.dim() else zp
+            return fake_quantize(x, scale, zp, spec)
+        if self.scale is None:
+            raise RuntimeError(f"{self.name}: static fake quantization without parameters")
+        scale = _view(self.scale, spec, x.dim())
+        zp = _view(self.zero_point, spec, x.dim())
+        if self.learn_scale:
+            numel = x.numel() / max(1, self.scale.numel())
+            g = 1.0 / math.sqrt(max(1.0, numel * max(1, spec.qmax)))
+            scale = _grad_scale(scale, g).clamp_min(torch.finfo(torch.float32).tiny)
+        return fake_quantize(x, scale, zp, spec)

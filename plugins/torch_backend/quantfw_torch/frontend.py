@@ -1,0 +1,292 @@
+"""The ``torch`` frontend: ``torch.nn.Module`` models, captured through torch.export and ONNX.
+
+* :meth:`TorchFrontend.bind` pairs a module with example inputs (given, or the first
+  calibration batch) into a :class:`~quantfw_torch.export.TorchModel`.
+* :meth:`TorchFrontend.capture` exports it (:func:`~quantfw_torch.export.export_module`) and
+  captures the ONNX model with the ``onnx`` plugin; ``graph.source`` is the prepared ONNX model,
+  so the ONNX-based backends lower torch models unchanged.
+* :meth:`TorchFrontend.collect` runs the exported FX module on each batch under ``no_grad`` and
+  keeps only the requested tensors (an FX interpreter drops every other value as soon as its
+  last reader ran), with the graph's current weights.
+* :meth:`TorchFrontend.simulate` runs :func:`simulated_module`: the FX module with the recipe's
+  fake quantization, which users can also take into their own evaluation loop.
+
+Only the entry points import torch; ``import quantfw_torch.frontend`` is cheap, so asking this
+frontend whether it accepts an ONNX file never loads torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from quantfw.components import Batch
+from quantfw.graph import QuantGraph
+from quantfw.recipe import Recipe
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .export import Exported
+
+__all__ = ["TorchFrontend", "TorchSource", "simulated_module", "exported_of"]
+
+
+@dataclass
+class TorchSource:
+    """``graph.source`` of a torch capture.
+
+    :ivar exported: the export (FX module, ONNX translation, input names).
+    :ivar onnx_model: the prepared ONNX model the QuantGraph was captured from; the ONNX-based
+        backends lower it (they look for this attribute).
+    :ivar weight_ids: ``id`` of each initializer array at capture time, to tell which ones a
+        transform has since replaced.
+    """
+
+    exported: Any
+    onnx_model: Any
+    weight_ids: dict[str, int] = field(default_factory=dict)
+
+
+def _is_torch_model(model: object) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    from_torch = isinstance(model, torch.nn.Module)
+    if from_torch:
+        return True
+    mod = sys.modules.get("quantfw_torch.export")
+    return mod is not None and isinstance(model, mod.TorchModel)
+
+
+def exported_of(graph: QuantGraph) -> Exported:
+    """The capture behind a QuantGraph made by the torch frontend.
+
+    :raises ValueError: for graphs captured by another frontend.
+    """
+    src = graph.source
+    if not isinstance(src, TorchSource):
+        raise ValueError(
+            f"graph {graph.name!r} was not captured by the torch frontend (no exported module)"
+        )
+    return src.exported
+
+
+class TorchFrontend:
+    """The ``torch`` frontend (see the module docstring).
+
+    :param opset: ONNX opset of the translation (``None``: the exporter's default).
+    """
+
+    name = "torch"
+
+    def __init__(self, *, opset: int | None = None) -> None:
+        self.opset = opset
+
+    # -- Frontend protocol ---------------------------------------------------------------------
+    def accepts(self, model: object) -> bool:
+        return _is_torch_model(model)
+
+    def load(self, path: Path) -> object:
+        raise ValueError(
+            f"{path}: the torch frontend takes nn.Module objects, not files (a pickled module "
+            "would have to be unpickled, which quantfw never does with user files); build the "
+            "module in Python, load its weights with torch.load(path, weights_only=True) or "
+            "quantfw_torch.load_state_dict, and call quantfw.quantize(module, ...)"
+        )
+
+    def bind(self, model: object, *, example_inputs: Any = None, calibration_data: Any = None):
+        """A :class:`~quantfw_torch.export.TorchModel` for ``model``: with ``example_inputs``,
+        or the first batch of ``calibration_data`` when none are given."""
+        from .calibration import first_batch
+        from .export import TorchModel, as_torch_model, example_from_batch
+
+        if isinstance(model, TorchModel) or example_inputs is not None:
+            return as_torch_model(model, example_inputs)
+        batch = first_batch(calibration_data)
+        if batch is None:
+            return as_torch_model(model, None)  # raises: no example inputs
+        return example_from_batch(model, batch)
+
+    def calibration_source(self, model: object, graph: QuantGraph, data: Any) -> Any:
+        """Adapt torch-style calibration data (DataLoaders of tensors, ``(x, y)`` tuples, dicts
+        with extra keys) to the core's batches of arrays keyed by input name."""
+        from .calibration import adapt
+
+        return adapt(data, list(graph.inputs))
+
+    def capture(self, model: object) -> QuantGraph:
+        from quantfw_onnx.capture import capture as capture_graph
+        from quantfw_onnx.loader import prepare
+
+        from .export import TorchModel, as_torch_model, export_module
+
+        tm = model if isinstance(model, TorchModel) else as_torch_model(model, None)
+        exp = export_module(tm, opset=self.opset)
+        prepared = prepare(exp.onnx_model, inplace=True, where=f"{type(tm.module).__name__}")
+        graph = capture_graph(prepared, name=type(tm.module).__name__)
+        ids = {k: id(v) for k, v in graph.initializers.items()}
+        graph.source = TorchSource(exp, prepared, ids)
+        return graph
+
+    def collect(
+        self, model: object, graph: QuantGraph, tensors: Sequence[str], batches: Iterable[Batch]
+    ) -> Iterator[dict[str, np.ndarray]]:
+        import torch
+
+        from .export import flat_inputs
+
+        exp = exported_of(graph)
+        original = graph.source.weight_ids
+        changed = {
+            n.name
+            for n in graph.nodes
+            if _weighted(n) and any(id(graph.initializers[w]) != original.get(w) for w in _ws(n))
+        }
+        bound = _bind_float(exp, graph, changed)
+        wanted = {}
+        for t in tensors:
+            node = bound.nodes.get(t)
+            if node is None:
+                raise KeyError(
+                    f"tensor {t!r} of graph {graph.name!r} has no FX node in the exported module"
+                )
+            wanted[node] = t
+        for batch in batches:
+            with torch.no_grad():
+                values = _Recorder(bound.module, wanted).record(flat_inputs(exp, batch))
+            missing = [t for t in tensors if t not in values]
+            if missing:
+                raise KeyError(f"tensors {missing} were not computed for this batch")
+            yield values
+
+    def simulate(
+        self, model: object, graph: QuantGraph, recipe: Recipe
+    ) -> Callable[[Batch], dict[str, np.ndarray]]:
+        import torch
+
+        from .export import flat_inputs
+
+        exp = exported_of(graph)
+        sim = simulated_module(graph, recipe)
+        names = list(exp.output_names)
+
+        def run(batch: Batch) -> dict[str, np.ndarray]:
+            with torch.no_grad():
+                outs = torch.fx.Interpreter(sim).run(*flat_inputs(exp, batch))
+            flat = [o for o in torch.utils._pytree.tree_leaves(outs) if isinstance(o, torch.Tensor)]
+            if len(flat) != len(names):
+                raise RuntimeError(
+                    f"the simulated module returned {len(flat)} tensors, the graph has outputs "
+                    f"{names}"
+                )
+            return {n: v.detach().numpy() for n, v in zip(names, flat, strict=True)}
+
+        run.module = sim  # type: ignore[attr-defined]
+        return run
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _weighted(node: Any) -> bool:
+    from .bind import WEIGHTED_KINDS
+
+    return node.op in WEIGHTED_KINDS and "weight" in node.weights
+
+
+def _ws(node: Any) -> list[str]:
+    return [w for w in node.weights.values() if w]
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    import torch
+
+    a = np.asarray(a)
+    if not a.flags.writeable or not a.flags.c_contiguous:
+        a = np.array(a, copy=True)
+    return torch.from_numpy(a)
+
+
+def _bind_float(exp: Exported, graph: QuantGraph, nodes: Iterable[str]) -> Any:
+    from .bind import WeightedOp, bind
+
+    ops = {}
+    for name in nodes:
+        n = graph.node(name)
+        b = n.weights.get("bias")
+        ops[name] = WeightedOp(
+            _tensor(graph.initializers[n.weights["weight"]]),
+            _tensor(graph.initializers[b]) if b else None,
+        )
+    return bind(exp.module, graph, ops=ops)
+
+
+class _Recorder:
+    """Runs an FX module and keeps the values of chosen nodes (as numpy arrays)."""
+
+    def __init__(self, module: Any, wanted: Mapping[Any, str]) -> None:
+        import torch
+
+        class Interp(torch.fx.Interpreter):
+            def run_node(inner, n):  # noqa: ANN001, ANN202, N805
+                out = super().run_node(n)
+                name = wanted.get(n)
+                if name is not None:
+                    inner.values[name] = out.detach().cpu().numpy().copy()
+                return out
+
+        self.interp = Interp(module)
+        self.interp.values = {}
+
+    def record(self, args: Sequence[Any]) -> dict[str, np.ndarray]:
+        self.interp.values = {}
+        self.interp.run(*args)
+        return self.interp.values
+
+
+def simulated_module(graph: QuantGraph, recipe: Recipe) -> torch.fx.GraphModule:
+    """The captured model with ``recipe`` applied as fake quantization: an ``nn.Module`` taking
+    the original model's inputs and returning its outputs, for any torch evaluation loop.
+
+    Weights are the core's :func:`~quantfw.simulate.simulated_weights` (rewritten, then
+    fake-quantized: bit-identical to the codes a backend stores); activations pass through
+    :class:`~quantfw_torch.fakequant.FakeQuantize` with the recipe's scales and zero points.
+    """
+    from quantfw.simulate import simulated_weights
+
+    from .bind import WeightedOp, bind
+    from .fakequant import FakeQuantize
+
+    exp = exported_of(graph)
+    weights = simulated_weights(graph, recipe)
+    ops = {}
+    for n in graph.nodes:
+        if not _weighted(n) or not any(w in weights for w in _ws(n)):
+            continue
+        w = n.weights["weight"]
+        b = n.weights.get("bias")
+        ops[n.name] = WeightedOp(
+            _tensor(weights.get(w, graph.initializers[w])),
+            None if not b else _tensor(weights.get(b, graph.initializers[b])),
+        )
+    stray = [
+        t.name
+        for t in recipe.tensors.values()
+        if t.role in ("weight", "bias") and (t.node not in ops)
+    ]
+    if stray:
+        raise NotImplementedError(
+            f"recipe quantizes constants {stray[:5]} read by nodes that are not conv / linear / "
+            "embedding; the torch simulation cannot place them yet"
+        )
+    acts = {}
+    for name, t in recipe.of_role("activation").items():
+        acts[name] = (
+            t.consumers,
+            FakeQuantize(t.spec, t.params, smooth=t.smooth, name=name),
+        )
+    return bind(exp.module, graph, ops=ops, activations=acts).module
