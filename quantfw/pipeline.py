@@ -26,6 +26,7 @@ __all__ = [
     "QuantizationResult",
     "AlgorithmChoice",
     "DEFAULT_ALGORITHMS",
+    "lower",
 ]
 
 #: Used for a stage when the user names no algorithm of it.  SmoothQuant only acts on
@@ -300,7 +301,48 @@ def quantize(
         }
     )
 
-    artifact, backend_note = None, ""
+    artifact, backend_note, lower_s = lower(
+        registry, target_spec, model_obj, graph, recipe, output,
+        backend=backend, backend_options=backend_options, reporter=reporter, ctx=ctx,
+        inputs=[model] if isinstance(model, (str, Path)) else [],
+    )  # fmt: skip
+    timings.update(lower_s)
+
+    summary = Summary.build(
+        graph=graph,
+        plan=qplan,
+        recipe=recipe,
+        target=target_spec,
+        frontend=fe_info.name,
+        timings=timings,
+        backend_note=backend_note,
+        artifact=artifact,
+        total_seconds=time.perf_counter() - t_start,
+    )
+    return QuantizationResult(recipe, artifact, summary, graph, qplan, model_obj, fe)
+
+
+def lower(
+    registry: Any,
+    target_spec: Any,
+    model_obj: object,
+    graph: QuantGraph,
+    recipe: Recipe,
+    output: str | os.PathLike[str] | None,
+    *,
+    backend: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
+    reporter: Any = None,
+    ctx: Any = None,
+    inputs: Sequence[Any] = (),
+) -> tuple[Artifact | None, str, dict[str, float]]:
+    """Pick the target's backend and, when ``output`` is given, write the artifact.
+
+    :returns: ``(artifact or None, a note for the summary, {"lower:<backend>": seconds})``.
+    :raises ValueError: an unknown backend or options it rejects.
+    :raises RuntimeError: ``output`` given but no backend usable here.
+    """
+    artifact, backend_note, timings = None, "", {}
     backends = registry.backends_for(target_spec.name)
     if backend is not None:
         backends = [b for b in backends if b.name == backend]
@@ -317,29 +359,21 @@ def quantize(
             raise RuntimeError(f"cannot write {output}: {backend_note}")
         from .fileio import check_not_input
 
-        if isinstance(model, (str, Path)):
-            check_not_input(output, [model])
+        if inputs:
+            check_not_input(output, list(inputs))
         be = usable[0]
         try:
             lowering = be.factory(**dict(backend_options or {}))
         except TypeError as exc:
             raise ValueError(f"backend {be.name!r} rejected backend_options: {exc}") from None
-        with reporter.stage("lower", be.name, ctx) as timer:
+        t0 = time.perf_counter()
+        if reporter is not None:
+            with reporter.stage("lower", be.name, ctx):
+                artifact = lowering.lower(model_obj, graph, recipe, Path(output))
+        else:
             artifact = lowering.lower(model_obj, graph, recipe, Path(output))
-        timings[f"lower:{be.name}"] = timer.elapsed
+        timings[f"lower:{be.name}"] = time.perf_counter() - t0
         backend_note = f"{be.name} wrote {artifact.path}"
     elif usable:
         backend_note = f"backend {usable[0].name} available; pass output= to write the artifact"
-
-    summary = Summary.build(
-        graph=graph,
-        plan=qplan,
-        recipe=recipe,
-        target=target_spec,
-        frontend=fe_info.name,
-        timings=timings,
-        backend_note=backend_note,
-        artifact=artifact,
-        total_seconds=time.perf_counter() - t_start,
-    )
-    return QuantizationResult(recipe, artifact, summary, graph, qplan, model_obj, fe)
+    return artifact, backend_note, timings

@@ -17,7 +17,7 @@ The result is an ordinary ``torch.fx.GraphModule`` taking the model's own inputs
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -135,9 +135,11 @@ def bind(
     *,
     ops: Mapping[str, WeightedOp] | None = None,
     activations: Mapping[str, tuple[tuple[str, ...] | None, nn.Module]] | None = None,
+    inputs: Sequence[str] = (),
 ) -> Bound:
     """A copy of ``module`` with ``ops`` (node name → :class:`WeightedOp`) re-implemented and
-    ``activations`` (tensor name → ``(consumers or None, quantizer)``) quantized.
+    ``activations`` (tensor name → ``(consumers or None, quantizer)``) quantized.  ``inputs``
+    are the graph's input names in placeholder order (FX may have renamed a placeholder).
 
     :raises BindError: naming the tensor or node that has no FX counterpart.
     """
@@ -146,6 +148,8 @@ def bind(
     gm = torch.fx.GraphModule(module, copy.deepcopy(module.graph))
     g = gm.graph
     fx = {n.name: n for n in g.nodes}
+    placeholders = [n for n in g.nodes if n.op == "placeholder"]
+    fx.update(zip(inputs, placeholders, strict=False))
     bound = Bound(gm)
 
     def find(tensor: str, why: str) -> torch.fx.Node:
@@ -224,4 +228,5 @@ def bind(
     gm.recompile()
     for n in g.nodes:
         bound.nodes.setdefault(n.name, n)
+    bound.nodes.update(zip(inputs, placeholders, strict=False))
     return bound

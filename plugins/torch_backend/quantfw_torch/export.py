@@ -193,7 +193,8 @@ class Exported:
     :ivar module: ``program.module()`` — the FX GraphModule quantfw instruments (its parameters
         are the user's, shared, not copied).
     :ivar onnx_model: the ONNX ModelProto (not yet prepared).
-    :ivar input_names: the model's flat inputs, in the order the FX placeholders take them.
+    :ivar input_names: the model's flat inputs (ONNX input names), in the order the FX
+        placeholders take them (FX may rename a placeholder, e.g. ``input`` → ``input_1``).
     :ivar output_names: the ONNX outputs, in the order of the FX graph's flat outputs.
     """
 
@@ -318,17 +319,17 @@ def export_module(tm: TorchModel, *, opset: int | None = None) -> Exported:
     proto = onnx_program.model_proto
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     onnx_inputs = [i.name for i in proto.graph.input]
-    missing = [n for n in onnx_inputs if n not in placeholders]
-    if missing:
+    if len(onnx_inputs) != len(placeholders):
         raise CaptureError(
-            f"cannot capture {cls}: ONNX inputs {missing} have no FX placeholder "
-            f"(placeholders: {placeholders})"
+            f"cannot capture {cls}: its ONNX translation takes inputs {onnx_inputs} but the "
+            f"exported module takes {len(placeholders)} ({placeholders}); pass only the inputs "
+            "the model uses as example inputs"
         )
     return Exported(
         program=decomposed,
         module=gm,
         onnx_model=proto,
-        input_names=placeholders,
+        input_names=onnx_inputs,
         output_names=[o.name for o in proto.graph.output],
     )
 

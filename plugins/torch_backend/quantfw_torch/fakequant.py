@@ -14,6 +14,7 @@ keeps the calibrated one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -79,6 +80,8 @@ class FakeQuantize(nn.Module):
     :param learn_scale: train the scale with LSQ.
     :param observe_weight: recompute min/max parameters from the input on every call (weights
         during QAT without LSQ).
+    :param observer: how ``observe_weight`` computes parameters from an array (default: the
+        core's min/max, ``compute_qparams(*reduce_range(x))``; ternary weights use absmean).
     :param name: the tensor this quantizer sits on, for messages.
     """
 
@@ -90,6 +93,7 @@ class FakeQuantize(nn.Module):
         smooth: np.ndarray | None = None,
         learn_scale: bool = False,
         observe_weight: bool = False,
+        observer: Callable[[np.ndarray, QuantSpec], QuantParams] | None = None,
         name: str = "",
     ) -> None:
         super().__init__()
@@ -103,6 +107,7 @@ class FakeQuantize(nn.Module):
         self.spec = spec
         self.name = name
         self.observe_weight = observe_weight
+        self.observer = observer
         self.enabled = True
         if smooth is not None:
             from quantfw.numerics import smoothing_multiplier
@@ -130,6 +135,8 @@ class FakeQuantize(nn.Module):
     def params_for(self, x: torch.Tensor) -> QuantParams:
         """Min/max parameters of ``x`` computed by the core (exactly what calibration would)."""
         arr = x.detach().to(torch.float32).cpu().numpy()
+        if self.observer is not None and not self.spec.dynamic:
+            return self.observer(arr, self.spec)
         return compute_qparams(*reduce_range(arr, self.spec), self.spec)
 
     def current_params(self) -> QuantParams:

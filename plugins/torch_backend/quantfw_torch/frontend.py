@@ -190,6 +190,19 @@ class TorchFrontend:
         run.module = sim  # type: ignore[attr-defined]
         return run
 
+    # -- quantization-aware training (quantfw.qat) ---------------------------------------------
+    def qat_prepare(self, result: Any, *, learn_scales: bool = False) -> Any:
+        """See :func:`quantfw_torch.qat.qat_prepare`."""
+        from .qat import qat_prepare
+
+        return qat_prepare(result, learn_scales=learn_scales)
+
+    def qat_recipe(self, model: Any) -> Recipe:
+        """See :func:`quantfw_torch.qat.qat_recipe`."""
+        from .qat import qat_recipe
+
+        return qat_recipe(model)
+
 
 # -- helpers -----------------------------------------------------------------------------------
 def _weighted(node: Any) -> bool:
@@ -222,7 +235,7 @@ def _bind_float(exp: Exported, graph: QuantGraph, nodes: Iterable[str]) -> Any:
             _tensor(graph.initializers[n.weights["weight"]]),
             _tensor(graph.initializers[b]) if b else None,
         )
-    return bind(exp.module, graph, ops=ops)
+    return bind(exp.module, graph, ops=ops, inputs=exp.input_names)
 
 
 class _Recorder:
@@ -289,4 +302,4 @@ def simulated_module(graph: QuantGraph, recipe: Recipe) -> torch.fx.GraphModule:
             t.consumers,
             FakeQuantize(t.spec, t.params, smooth=t.smooth, name=name),
         )
-    return bind(exp.module, graph, ops=ops, activations=acts).module
+    return bind(exp.module, graph, ops=ops, activations=acts, inputs=exp.input_names).module
