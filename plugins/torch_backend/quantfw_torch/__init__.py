@@ -5,3 +5,21 @@ What the frontend does and why it captures the way it does: :mod:`quantfw_torch.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["TorchModel", "load_state_dict", "simulated_module", "__version__"]
+
+
+def __getattr__(name: str):  # lazy: importing the package (the plugin hook) must not load torch
+    if name == "TorchModel":
+        from .export import TorchModel
+
+        return TorchModel
+    if name == "load_state_dict":
+        from .weights import load_state_dict
+
+        return load_state_dict
+    if name == "simulated_module":
+        from .frontend import simulated_module
+
+        return simulated_module
+    raise AttributeError(name)

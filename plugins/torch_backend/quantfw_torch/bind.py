@@ -17,6 +17,7 @@ The result is an ordinary ``torch.fx.GraphModule`` taking the model's own inputs
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -145,7 +146,9 @@ def bind(
     """
     ops = dict(ops or {})
     activations = dict(activations or {})
-    gm = torch.fx.GraphModule(module, copy.deepcopy(module.graph))
+    with warnings.catch_warnings():  # torch's own pytree spec deprecation, raised by deepcopy
+        warnings.simplefilter("ignore", FutureWarning)
+        gm = torch.fx.GraphModule(module, copy.deepcopy(module.graph))
     g = gm.graph
     fx = {n.name: n for n in g.nodes}
     placeholders = [n for n in g.nodes if n.op == "placeholder"]

@@ -49,9 +49,17 @@ def first_batch(data: Any) -> Any:
     return None
 
 
+def _inputs_of(batch: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The model's inputs from a dict batch: extra keys (``labels``) dropped when every input is
+    there; otherwise everything kept, so the core's error names both what is missing and what
+    is unknown."""
+    keep = all(n in batch for n in names)
+    return {k: to_numpy(v) for k, v in batch.items() if not keep or k in names}
+
+
 def _convert(batch: Any, names: Sequence[str]) -> Any:
     if isinstance(batch, Mapping):
-        return {k: to_numpy(v) for k, v in batch.items() if k in names}
+        return _inputs_of(batch, names)
     if isinstance(batch, (tuple, list)):
         if len(batch) >= len(names) and all(_is_tensorish(b) for b in batch[: len(names)]):
             return {n: to_numpy(b) for n, b in zip(names, batch, strict=False)}
@@ -85,7 +93,7 @@ def adapt(data: Any, names: Sequence[str]) -> Any:
     if _is_tensorish(data):
         return to_numpy(data)
     if isinstance(data, Mapping):
-        return {k: to_numpy(v) for k, v in data.items() if k in names}
+        return _inputs_of(data, names)
     if isinstance(data, (list, tuple)):
         return [_convert(b, names) for b in data]
     if isinstance(data, Iterable) and iter(data) is data:

@@ -103,15 +103,15 @@ def _forward_params(module: nn.Module) -> list[inspect.Parameter]:
 def example_from_batch(module: nn.Module, batch: Any) -> TorchModel:
     """Example inputs from one calibration batch, the way a training loop would feed it.
 
-    A dict is passed as keyword arguments (keys the forward does not take, such as ``labels``,
-    are dropped); a tuple/list gives as many leading positional inputs as the forward requires
+    A dict is passed as keyword arguments (keys that are not named parameters of the forward,
+    such as ``labels``, are dropped); a tuple/list gives as many leading positional inputs as the forward requires
     (so a DataLoader's ``(images, labels)`` feeds ``images``); anything else is the single input.
     """
     params = _forward_params(module)
-    names = {p.name for p in params}
-    takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    names = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     if isinstance(batch, Mapping):
-        kwargs = {k: v for k, v in batch.items() if takes_var_kw or k in names}
+        # only the forward's named parameters: a **kwargs catch-all would also swallow labels
+        kwargs = {k: v for k, v in batch.items() if k in names}
         return TorchModel(module, (), kwargs)
     if isinstance(batch, (tuple, list)):
         positional = [
@@ -317,6 +317,7 @@ def export_module(tm: TorchModel, *, opset: int | None = None) -> Exported:
     decomposed = onnx_program.exported_program
     gm = decomposed.module()
     proto = onnx_program.model_proto
+    _fix_numeric_dim_params(proto)
     placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
     onnx_inputs = [i.name for i in proto.graph.input]
     if len(onnx_inputs) != len(placeholders):
@@ -332,6 +333,18 @@ def export_module(tm: TorchModel, *, opset: int | None = None) -> Exported:
         input_names=onnx_inputs,
         output_names=[o.name for o in proto.graph.output],
     )
+
+
+def _fix_numeric_dim_params(proto: Any) -> None:
+    """Dimensions ``Dim.AUTO`` let export specialise reach ONNX as ``dim_param: "3"``; make them
+    the fixed sizes they are, so shape checks and runtimes see them."""
+    g = proto.graph
+    for vi in [*g.input, *g.output, *g.value_info]:
+        if not vi.type.HasField("tensor_type"):
+            continue
+        for d in vi.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param.isdigit():
+                d.dim_value = int(d.dim_param)
 
 
 def flat_inputs(exported: Exported, batch: Mapping[str, Any]) -> list[Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,13 +44,10 @@ class TorchSource:
     :ivar exported: the export (FX module, ONNX translation, input names).
     :ivar onnx_model: the prepared ONNX model the QuantGraph was captured from; the ONNX-based
         backends lower it (they look for this attribute).
-    :ivar weight_ids: ``id`` of each initializer array at capture time, to tell which ones a
-        transform has since replaced.
     """
 
     exported: Any
     onnx_model: Any
-    weight_ids: dict[str, int] = field(default_factory=dict)
 
 
 def _is_torch_model(model: object) -> bool:
@@ -130,8 +127,7 @@ class TorchFrontend:
         exp = export_module(tm, opset=self.opset)
         prepared = prepare(exp.onnx_model, inplace=True, where=f"{type(tm.module).__name__}")
         graph = capture_graph(prepared, name=type(tm.module).__name__)
-        ids = {k: id(v) for k, v in graph.initializers.items()}
-        graph.source = TorchSource(exp, prepared, ids)
+        graph.source = TorchSource(exp, prepared)
         return graph
 
     def collect(
@@ -142,12 +138,8 @@ class TorchFrontend:
         from .export import flat_inputs
 
         exp = exported_of(graph)
-        original = graph.source.weight_ids
-        changed = {
-            n.name
-            for n in graph.nodes
-            if _weighted(n) and any(id(graph.initializers[w]) != original.get(w) for w in _ws(n))
-        }
+        rewritten = set(getattr(graph.initializers, "changed", ()))  # by ctx.set_weight
+        changed = {n.name for n in graph.nodes if _weighted(n) and rewritten & set(_ws(n))}
         bound = _bind_float(exp, graph, changed)
         wanted = {}
         for t in tensors:

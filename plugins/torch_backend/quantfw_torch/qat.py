@@ -11,8 +11,9 @@
 
 Gradients pass the rounding by the straight-through estimator.  By default weight scales follow
 the weights (min/max each step, like the PTQ calibration) and activation scales stay as
-calibrated; ``learn_scales=True`` trains both by LSQ.  Biases train in float; :func:`qat_recipe`
-derives their int32 parameters ``s_x · s_w`` from the final scales, as the PTQ calibration does.
+calibrated; ``learn_scales=True`` trains both by LSQ.  Biases are fake-quantized to int32 with
+scale ``s_x · s_w`` from the current scales (:class:`BiasFakeQuantize`), and :func:`qat_recipe`
+derives the same parameters from the final scales, as the PTQ calibration does.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .bind import WeightedOp, bind
 from .fakequant import FakeQuantize
 from .frontend import _weighted, exported_of
 
-__all__ = ["QATState", "qat_prepare", "qat_recipe"]
+__all__ = ["BiasFakeQuantize", "QATState", "qat_prepare", "qat_recipe"]
 
 
 @dataclass
@@ -48,6 +49,25 @@ class QATState:
     result: QuantizationResult
     ops: dict[str, WeightedOp] = field(default_factory=dict)
     activations: dict[str, FakeQuantize] = field(default_factory=dict)
+
+
+class BiasFakeQuantize(nn.Module):
+    """int32 bias fake quantization with scale ``s_x · s_w`` read from the input's and the
+    weight's quantizers at each call (as :func:`quantfw.algorithms.calibrate.bias_params`
+    derives it), so the QAT model computes what the converted recipe will."""
+
+    def __init__(self, activation: FakeQuantize, weight: FakeQuantize) -> None:
+        super().__init__()
+        # plain references, not submodules: each quantizer already sits in the graph once
+        object.__setattr__(self, "_sources", (activation, weight))
+
+    def forward(self, b: torch.Tensor) -> torch.Tensor:
+        act, weight = self._sources
+        s = act.scale.detach().reshape(()) * weight.scale.detach().reshape(-1)
+        s = torch.clamp(s.to(torch.float32), min=torch.finfo(torch.float32).tiny)
+        y = b / s
+        q = torch.clamp(y + (torch.round(y) - y).detach(), -(2.0**31), 2.0**31 - 1)
+        return q * s
 
 
 def _param(a: np.ndarray) -> nn.Parameter:
@@ -95,6 +115,13 @@ def qat_prepare(result: QuantizationResult, *, learn_scales: bool = False) -> to
                 groups[t.share_group] = fq
         acts[name] = (t.consumers, fq)
         state.activations[name] = fq
+    for name, op in state.ops.items():
+        node = graph.node(name)
+        b = node.weights.get("bias")
+        act = state.activations.get(node.inputs[0])
+        bt = recipe.tensors.get(b) if b else None
+        if bt is not None and bt.role == "bias" and act is not None and op.weight_fq is not None:
+            op.bias_fq = BiasFakeQuantize(act, op.weight_fq)
     module = copy.deepcopy(exp.module)  # train a copy, never the user's parameters
     gm = bind(module, graph, ops=state.ops, activations=acts, inputs=exp.input_names).module
     gm.quantfw_state = state

@@ -1,0 +1,98 @@
+"""FakeQuantize against the core's reference numerics (bit-exact), and its gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch plugin tests need torch")
+
+from quantfw_torch.fakequant import FakeQuantize  # noqa: E402
+
+from quantfw.numerics import fake_quantize, params_from_tensor  # noqa: E402
+from quantfw.spec import QuantParams, QuantSpec  # noqa: E402
+
+SPECS = [
+    QuantSpec("int8"),
+    QuantSpec("uint8", symmetric=False),
+    QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=0),
+    QuantSpec("int8", granularity="per_channel", axis=1),
+    QuantSpec("int4", symmetric=False),
+    QuantSpec("uint4", symmetric=False, granularity="per_channel", axis=0),
+    QuantSpec("fp8_e4m3fn"),
+    QuantSpec("fp8_e5m2", granularity="per_channel", axis=0),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.dtype}-{s.granularity.value}")
+def test_matches_core_bit_for_bit(spec):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((6, 5, 4)) * rng.uniform(0.1, 4, size=(6, 5, 1))).astype(np.float32)
+    # parameters from a smaller calibration range, so saturation is exercised too
+    params = params_from_tensor(x * 0.7, spec)
+    want = fake_quantize(x, params, spec)
+    got = FakeQuantize(spec, params)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_round_half_to_even_like_the_runtimes():
+    spec = QuantSpec("int8")
+    params = QuantParams(np.float32(1.0), np.int32(0))
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 200.0, -200.0], np.float32)
+    got = FakeQuantize(spec, params)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, [0, 2, 2, 0, -2, 127, -128])
+
+
+def test_ste_passes_gradient_inside_the_grid_only():
+    spec = QuantSpec("int8")
+    params = QuantParams(np.float32(0.1), np.int32(0))
+    x = torch.tensor([0.05, 1.0, -3.0, 20.0, -20.0], requires_grad=True)
+    FakeQuantize(spec, params)(x).sum().backward()
+    # 20.0 / 0.1 = 200 > 127 and -200 < -128: clipped, no gradient
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_lsq_trains_the_scale():
+    spec = QuantSpec("int4")
+    params = QuantParams(np.float32(0.5), np.int32(0))
+    fq = FakeQuantize(spec, params, learn_scale=True)
+    assert isinstance(fq.scale, torch.nn.Parameter)
+    x = torch.linspace(-2, 2, 101)
+    opt = torch.optim.SGD(fq.parameters(), lr=0.5)
+    before = ((fq(x) - x) ** 2).mean().item()
+    for _ in range(50):
+        loss = ((fq(x) - x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = ((fq(x) - x) ** 2).mean().item()
+    assert fq.scale.item() != 0.5
+    assert after < before  # a better step size for this range was learned
+
+
+def test_observing_a_weight_uses_the_core_minmax_params():
+    spec = QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=0)
+    w = torch.randn(8, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    fq = FakeQuantize(spec, observe_weight=True)
+    got = fq(w).numpy()
+    want_params = params_from_tensor(w.numpy(), spec)
+    np.testing.assert_array_equal(got, fake_quantize(w.numpy(), want_params, spec))
+    np.testing.assert_array_equal(fq.current_params().scale, want_params.scale)
+
+
+def test_smoothing_multiplies_before_quantizing():
+    from quantfw.numerics import fake_quantize_smoothed
+
+    spec = QuantSpec("uint8", symmetric=False)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 7)).astype(np.float32)
+    smooth = rng.uniform(0.5, 3.0, 7).astype(np.float32)
+    params = params_from_tensor(x / smooth, spec)
+    got = FakeQuantize(spec, params, smooth=smooth)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, fake_quantize_smoothed(x, params, spec, smooth))
+
+
+def test_integer_inputs_pass_through():
+    fq = FakeQuantize(QuantSpec("int8"), QuantParams(np.float32(0.1), np.int32(0)))
+    ids = torch.arange(5)
+    assert fq(ids) is ids
