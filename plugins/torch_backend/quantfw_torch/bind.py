@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -136,11 +136,15 @@ def bind(
     *,
     ops: Mapping[str, WeightedOp] | None = None,
     activations: Mapping[str, tuple[tuple[str, ...] | None, nn.Module]] | None = None,
-    inputs: Sequence[str] = (),
+    constants: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    aliases: Mapping[str, str] | None = None,
 ) -> Bound:
-    """A copy of ``module`` with ``ops`` (node name → :class:`WeightedOp`) re-implemented and
-    ``activations`` (tensor name → ``(consumers or None, quantizer)``) quantized.  ``inputs``
-    are the graph's input names in placeholder order (FX may have renamed a placeholder).
+    """A copy of ``module`` with ``ops`` (node name → :class:`WeightedOp`) re-implemented,
+    ``activations`` (tensor name → ``(consumers or None, quantizer)``) quantized and
+    ``constants`` (node name → {initializer name: value}) substituted: the constant operands of
+    other nodes (an attention scale, a layer-scale parameter) replaced by the given values.
+    ``aliases`` maps QuantGraph names to FX node names where they differ
+    (:attr:`quantfw_torch.export.Exported.aliases`).
 
     :raises BindError: naming the tensor or node that has no FX counterpart.
     """
@@ -151,8 +155,8 @@ def bind(
         gm = torch.fx.GraphModule(module, copy.deepcopy(module.graph))
     g = gm.graph
     fx = {n.name: n for n in g.nodes}
-    placeholders = [n for n in g.nodes if n.op == "placeholder"]
-    fx.update(zip(inputs, placeholders, strict=False))
+    aliases = {a: fx[t] for a, t in (aliases or {}).items() if t in fx}
+    fx.update(aliases)
     bound = Bound(gm)
 
     def find(tensor: str, why: str) -> torch.fx.Node:
@@ -206,7 +210,22 @@ def bind(
             for u in users:
                 u.replace_input_with(t, q)
 
-    # 2. weighted nodes
+    # 2. constant operands
+    for name, values in (constants or {}).items():
+        node = graph.node(name)
+        f = find(node.outputs[0], f"output of node {name!r}")
+        for init, value in values.items():
+            target = attach(value, "c")
+            with g.inserting_before(f):
+                c = g.get_attr(target)
+            if not _replace_constant(f, init, graph.initializers[init], c):
+                g.erase_node(c)
+                raise BindError(
+                    f"node {name!r}: cannot find its constant {init!r} among the operands of FX "
+                    f"node {f.name!r} ({f.target}); the torch simulation cannot quantize it"
+                )
+
+    # 3. weighted nodes
     for name, op in ops.items():
         node = graph.node(name)
         if node.op not in WEIGHTED_KINDS:
@@ -226,10 +245,37 @@ def bind(
             fn, args = _call_args(node, x, w, b)
             new = g.call_function(fn, args)
         out.replace_all_uses_with(new)
-        bound.nodes[node.outputs[0]] = new
+        bound.nodes[node.outputs[0]] = bound.nodes[out.name] = new
     g.eliminate_dead_code()
     gm.recompile()
     for n in g.nodes:
         bound.nodes.setdefault(n.name, n)
-    bound.nodes.update(zip(inputs, placeholders, strict=False))
+    for a, n in aliases.items():
+        bound.nodes.setdefault(a, bound.nodes.get(n.name, n))
     return bound
+
+
+def _replace_constant(f: torch.fx.Node, init: str, value, c: torch.fx.Node) -> bool:  # noqa: ANN001
+    """Point ``f``'s operand holding initializer ``init`` (a parameter read by ``get_attr``, or
+    a Python number equal to it) at node ``c``; ``True`` when found."""
+    import numpy as np
+
+    scalar = None
+    arr = np.asarray(value)
+    if arr.size == 1:
+        scalar = float(arr.reshape(()))
+    for i, a in enumerate(f.args):
+        hit = isinstance(a, torch.fx.Node) and a.op == "get_attr" and a.target == init
+        if (
+            not hit
+            and scalar is not None
+            and isinstance(a, (int, float))
+            and not isinstance(a, bool)
+        ):
+            hit = np.float32(a) == np.float32(scalar)
+        if hit:
+            args = list(f.args)
+            args[i] = c
+            f.args = tuple(args)
+            return True
+    return False

@@ -196,6 +196,10 @@ class Exported:
     :ivar input_names: the model's flat inputs (ONNX input names), in the order the FX
         placeholders take them (FX may rename a placeholder, e.g. ``input`` → ``input_1``).
     :ivar output_names: the ONNX outputs, in the order of the FX graph's flat outputs.
+    :ivar aliases: ONNX value name → FX node name, where they differ: renamed inputs, outputs
+        named after a dict's keys, the outputs of a translated ``split``.  Every other ONNX
+        value is named after its FX node, or has no FX counterpart (see
+        :func:`quantfw_torch.frontend.TorchFrontend.capture`).
     """
 
     program: Any
@@ -203,6 +207,8 @@ class Exported:
     onnx_model: Any
     input_names: list[str]
     output_names: list[str]
+    aliases: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, Any] = field(default_factory=dict)
 
 
 def _auto_dynamic(tm: TorchModel) -> Any:
@@ -253,7 +259,8 @@ def _first_line(exc: BaseException) -> str:
 def _quiet() -> Iterable[None]:
     """Silence the exporter's progress prints and warnings (errors still propagate)."""
     sink = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo")]
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:
@@ -266,6 +273,68 @@ def _quiet() -> Iterable[None]:
             lg.setLevel(lvl)
 
 
+def _trace_inputs(tm: TorchModel) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The example inputs to trace with.  ``Dim.AUTO`` fixes a dimension of size 1 for good, so
+    a batch of one would give a batch-1 artifact: its samples are repeated to a batch of two
+    (only for tracing; a model that really needs batch 1 is retried with the inputs as given)."""
+
+    def grow(v: Any) -> Any:
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == 1:
+            return torch.cat([v, v])
+        return v
+
+    return tuple(grow(a) for a in tm.args), {k: grow(v) for k, v in tm.kwargs.items()}
+
+
+@contextlib.contextmanager
+def _no_kv_cache(module: nn.Module) -> Iterable[None]:
+    """Hugging Face decoders return a key/value cache object by default; one forward pass
+    without it is what is exported (``config.use_cache`` is restored afterwards)."""
+    config = getattr(module, "config", None)
+    old = getattr(config, "use_cache", None)
+    if old:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if old:
+            config.use_cache = old
+
+
+def _export(tm: TorchModel, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    view = TorchModel(tm.module, args, kwargs, tm.dynamic_shapes)
+    dynamic = tm.dynamic_shapes if tm.dynamic_shapes is not None else _auto_dynamic(view)
+    with _sdpa_as_math():
+        return torch.export.export(
+            tm.module, args, kwargs or None, dynamic_shapes=dynamic, strict=False
+        )
+
+
+def _capture_error(exc: BaseException, module: nn.Module) -> CaptureError:
+    cls = type(module).__name__
+    where = _culprit(exc, module)
+    if where and where != "<root>":
+        at = f"submodule {where!r} ({type(module.get_submodule(where)).__name__})"
+    else:
+        at = cls
+    text = _first_line(exc)
+    if "Cache" in text:
+        fixes = (
+            "the model returns a key/value cache object: call it with use_cache=False (pass "
+            "example_inputs with use_cache=False, or set model.config.use_cache = False)"
+        )
+    else:
+        fixes = (
+            "pass example inputs shaped and typed like the real ones (example_inputs=… or a "
+            "TorchModel); if the module branches on tensor values, rewrite the branch with "
+            f"torch.where / torch.cond or move it out of forward; or keep {where or cls!r} out of "
+            "the model you quantize (it stays float) and quantize the parts around it"
+        )
+    return CaptureError(
+        f"cannot capture {cls}: torch.export failed in {at}: {text}.  Fix: {fixes}."
+    )
+
+
 def export_module(tm: TorchModel, *, opset: int | None = None) -> Exported:
     """Capture ``tm`` (see the module docstring).
 
@@ -276,36 +345,32 @@ def export_module(tm: TorchModel, *, opset: int | None = None) -> Exported:
     was_training = module.training
     module.eval()
     try:
-        with _quiet(), torch.no_grad():
+        with _quiet(), torch.no_grad(), _no_kv_cache(module):
+            args, kwargs = _trace_inputs(tm)
             try:
-                dynamic = tm.dynamic_shapes if tm.dynamic_shapes is not None else _auto_dynamic(tm)
-                with _sdpa_as_math():
-                    program = torch.export.export(
-                        module, tm.args, tm.kwargs or None, dynamic_shapes=dynamic, strict=False
+                try:
+                    program = _export(tm, args, kwargs)
+                except Exception:
+                    same = set(kwargs) == set(tm.kwargs) and all(
+                        a is b
+                        for a, b in zip(
+                            (*args, *kwargs.values()), (*tm.args, *tm.kwargs.values()), strict=True
+                        )
                     )
+                    if same:
+                        raise
+                    args, kwargs = tm.args, dict(tm.kwargs)  # the batch-of-two retry failed
+                    program = _export(tm, args, kwargs)
             except Exception as exc:  # torch raises many types here; all mean "not capturable"
-                where = _culprit(exc, module)
-                at = (
-                    f"submodule {where!r} ({type(module.get_submodule(where)).__name__ if where and where != '<root>' else cls})"
-                    if where
-                    else cls
-                )
-                raise CaptureError(
-                    f"cannot capture {cls}: torch.export failed in {at}: {_first_line(exc)}.  "
-                    "Fixes: pass example inputs shaped and typed like the real ones "
-                    "(example_inputs=… or a TorchModel); if the module branches on tensor values, "
-                    "rewrite the branch with torch.where / torch.cond or move it out of forward; "
-                    f"or keep {where or cls!r} out of the model you quantize (it stays float) and "
-                    "quantize the parts around it."
-                ) from exc
+                raise _capture_error(exc, module) from exc
             sdpa = torch.ops.aten.scaled_dot_product_attention.default
             if any(n.target is sdpa for n in program.graph.nodes):
                 program = program.run_decompositions({sdpa: sdpa_math})
             try:
-                kwargs = dict(dynamo=True, optimize=True, verbose=False, report=False)
+                options = dict(dynamo=True, optimize=True, verbose=False, report=False)
                 if opset is not None:
-                    kwargs["opset_version"] = opset
-                onnx_program = torch.onnx.export(program, tm.args, kwargs=tm.kwargs, **kwargs)
+                    options["opset_version"] = opset
+                onnx_program = torch.onnx.export(program, args, kwargs=kwargs, **options)
             except Exception as exc:
                 raise CaptureError(
                     f"cannot capture {cls}: torch.export traced it, but its ONNX translation "
@@ -318,7 +383,16 @@ def export_module(tm: TorchModel, *, opset: int | None = None) -> Exported:
     gm = decomposed.module()
     proto = onnx_program.model_proto
     _fix_numeric_dim_params(proto)
-    placeholders = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+    constants = {
+        n.name: n.meta.get("val")
+        for n in gm.graph.nodes
+        if n.op == "placeholder" and not isinstance(n.meta.get("val"), torch.Tensor)
+    }
+    placeholders = [
+        n.name for n in gm.graph.nodes if n.op == "placeholder" and n.name not in constants
+    ]
+    named = _name_outputs(proto, gm)
+    _restore_passthrough_inputs(proto, placeholders)
     onnx_inputs = [i.name for i in proto.graph.input]
     if len(onnx_inputs) != len(placeholders):
         raise CaptureError(
@@ -326,13 +400,126 @@ def export_module(tm: TorchModel, *, opset: int | None = None) -> Exported:
             f"exported module takes {len(placeholders)} ({placeholders}); pass only the inputs "
             "the model uses as example inputs"
         )
+    aliases = dict(zip(onnx_inputs, placeholders, strict=True))
+    aliases.update(named)
+    aliases.update(_split_aliases(proto, gm))
     return Exported(
         program=decomposed,
         module=gm,
         onnx_model=proto,
         input_names=onnx_inputs,
         output_names=[o.name for o in proto.graph.output],
+        aliases=aliases,
+        constants=constants,
     )
+
+
+def _rename(proto: Any, old: str, new: str) -> None:
+    g = proto.graph
+    for n in g.node:
+        for i, x in enumerate(n.input):
+            if x == old:
+                n.input[i] = new
+        for i, x in enumerate(n.output):
+            if x == old:
+                n.output[i] = new
+    for vi in [*g.input, *g.output, *g.value_info]:
+        if vi.name == old:
+            vi.name = new
+
+
+def _value_names(proto: Any) -> set[str]:
+    g = proto.graph
+    names = {i.name for i in g.input} | {i.name for i in g.initializer}
+    for n in g.node:
+        names.update(n.output)
+    return names
+
+
+def _restore_passthrough_inputs(proto: Any, placeholders: list[str]) -> None:
+    """A model returning an input unchanged is translated with the input renamed ``x_orig`` and
+    ``Identity(x_orig) -> x`` as the output; give the input its own name back (the output
+    becomes ``x_out``), so calibration data keyed by the forward's argument names fits."""
+    g = proto.graph
+    outputs = {o.name for o in g.output}
+    for inp in list(g.input):
+        base = inp.name[: -len("_orig")] if inp.name.endswith("_orig") else None
+        if base is None or base not in placeholders or base not in outputs:
+            continue
+        taken = _value_names(proto)
+        out = base + "_out"
+        while out in taken:
+            out += "_"
+        _rename(proto, base, out)
+        _rename(proto, inp.name, base)
+
+
+def _name_outputs(proto: Any, gm: torch.fx.GraphModule) -> dict[str, str]:
+    """Give the ONNX outputs of a model returning a dict or a ``ModelOutput`` the keys' names
+    (``last_hidden_state`` rather than ``layer_norm_12``); returns ``{new name: FX name}``."""
+    from torch.utils import _pytree as pytree
+
+    spec = getattr(gm, "_out_spec", None)
+    outs = list(proto.graph.output)
+    if spec is None or spec.num_leaves != len(outs):
+        return {}
+    try:
+        paths = [
+            p
+            for p, _ in pytree.tree_flatten_with_path(
+                pytree.tree_unflatten(list(range(len(outs))), spec)
+            )[0]
+        ]
+    except Exception:  # pragma: no cover - exotic output containers
+        return {}
+    names = []
+    for path in paths:
+        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        if not keys or not all(isinstance(k, str) for k in keys):
+            return {}
+        names.append(".".join(keys))
+    taken = _value_names(proto) - {o.name for o in outs}
+    if len(set(names)) != len(names) or taken & set(names):
+        return {}
+    aliases = {}
+    for o, new in zip(outs, names, strict=True):
+        if o.name != new:
+            aliases[new] = o.name
+            _rename(proto, o.name, new)
+    return aliases
+
+
+def _split_aliases(proto: Any, gm: torch.fx.GraphModule) -> dict[str, str]:
+    """Outputs of an ONNX node with several outputs (``Split``), named by the translation
+    (``split_split_0``), are FX ``getitem`` nodes of the op that split the same input."""
+    import operator
+
+    fx = {n.name: n for n in gm.graph.nodes}
+    aliases: dict[str, str] = {}
+    for node in proto.graph.node:
+        if len(node.output) < 2 or not node.input or node.input[0] not in fx:
+            continue
+        if all(o in fx for o in node.output):
+            continue
+        src = fx[node.input[0]]
+        for user in src.users:
+            items = {
+                u.args[1]: u.name
+                for u in user.users
+                if u.target is operator.getitem and isinstance(u.args[1], int)
+            }
+            if (
+                len(items)
+                and max(items) < len(node.output)
+                and str(user.target).startswith(
+                    ("aten.split", "aten.chunk", "aten.unsafe_split", "aten.tensor_split")
+                )
+            ):
+                for i, fx_name in items.items():
+                    if node.output[i] not in fx:
+                        aliases[node.output[i]] = fx_name
+                break
+    return aliases
 
 
 def _fix_numeric_dim_params(proto: Any) -> None:
@@ -352,7 +539,12 @@ def flat_inputs(exported: Exported, batch: Mapping[str, Any]) -> list[Any]:
     missing = [n for n in exported.input_names if n not in batch]
     if missing:
         raise KeyError(f"batch lacks input(s) {missing}; the model takes {exported.input_names}")
-    return [to_tensor(batch[n]) for n in exported.input_names]
+    tensors = iter([to_tensor(batch[n]) for n in exported.input_names])
+    return [
+        exported.constants[n.name] if n.name in exported.constants else next(tensors)
+        for n in exported.module.graph.nodes
+        if n.op == "placeholder"
+    ]
 
 
 def fx_outputs(gm: torch.fx.GraphModule) -> Sequence[Any]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,10 +44,13 @@ class TorchSource:
     :ivar exported: the export (FX module, ONNX translation, input names).
     :ivar onnx_model: the prepared ONNX model the QuantGraph was captured from; the ONNX-based
         backends lower it (they look for this attribute).
+    :ivar demoted: nodes kept float because a tensor they read or write exists only inside
+        the ONNX translation of one torch op (a GRU's internals), where torch cannot observe it.
     """
 
     exported: Any
     onnx_model: Any
+    demoted: list[str] = field(default_factory=list)
 
 
 def _is_torch_model(model: object) -> bool:
@@ -127,7 +130,7 @@ class TorchFrontend:
         exp = export_module(tm, opset=self.opset)
         prepared = prepare(exp.onnx_model, inplace=True, where=f"{type(tm.module).__name__}")
         graph = capture_graph(prepared, name=type(tm.module).__name__)
-        graph.source = TorchSource(exp, prepared)
+        graph.source = TorchSource(exp, prepared, _demote_untraceable(graph, exp))
         return graph
 
     def collect(
@@ -141,14 +144,14 @@ class TorchFrontend:
         rewritten = set(getattr(graph.initializers, "changed", ()))  # by ctx.set_weight
         changed = {n.name for n in graph.nodes if _weighted(n) and rewritten & set(_ws(n))}
         bound = _bind_float(exp, graph, changed)
-        wanted = {}
+        wanted: dict[Any, list[str]] = {}
         for t in tensors:
             node = bound.nodes.get(t)
             if node is None:
                 raise KeyError(
                     f"tensor {t!r} of graph {graph.name!r} has no FX node in the exported module"
                 )
-            wanted[node] = t
+            wanted.setdefault(node, []).append(t)
         for batch in batches:
             with torch.no_grad():
                 values = _Recorder(bound.module, wanted).record(flat_inputs(exp, batch))
@@ -196,6 +199,26 @@ class TorchFrontend:
         return qat_recipe(model)
 
 
+# -- capture helpers ---------------------------------------------------------------------------
+def _demote_untraceable(graph: QuantGraph, exp: Exported) -> list[str]:
+    """Turn nodes that read or write a float tensor with no FX counterpart into ``other`` (kept
+    float), so nothing is planned where torch cannot observe or simulate it."""
+    from quantfw.graph import OpKind
+
+    fx = {n.name for n in exp.module.graph.nodes} | set(exp.aliases)
+    consts = set(graph.initializers)
+    demoted = []
+    for n in graph.nodes:
+        if n.op is OpKind.OTHER:
+            continue
+        lost = [t for t in (*n.inputs, *n.outputs) if t not in fx and t not in consts]
+        if lost:
+            n.op = OpKind.OTHER
+            n.source_op = f"{n.source_op} (inside the translation of one torch op: kept float)"
+            demoted.append(n.name)
+    return demoted
+
+
 # -- helpers -----------------------------------------------------------------------------------
 def _weighted(node: Any) -> bool:
     from .bind import WEIGHTED_KINDS
@@ -227,20 +250,19 @@ def _bind_float(exp: Exported, graph: QuantGraph, nodes: Iterable[str]) -> Any:
             _tensor(graph.initializers[n.weights["weight"]]),
             _tensor(graph.initializers[b]) if b else None,
         )
-    return bind(exp.module, graph, ops=ops, inputs=exp.input_names)
+    return bind(exp.module, graph, ops=ops, aliases=exp.aliases)
 
 
 class _Recorder:
     """Runs an FX module and keeps the values of chosen nodes (as numpy arrays)."""
 
-    def __init__(self, module: Any, wanted: Mapping[Any, str]) -> None:
+    def __init__(self, module: Any, wanted: Mapping[Any, Sequence[str]]) -> None:
         import torch
 
         class Interp(torch.fx.Interpreter):
             def run_node(inner, n):  # noqa: ANN001, ANN202, N805
                 out = super().run_node(n)
-                name = wanted.get(n)
-                if name is not None:
+                for name in wanted.get(n, ()):
                     inner.values[name] = out.detach().cpu().numpy().copy()
                 return out
 
@@ -278,20 +300,17 @@ def simulated_module(graph: QuantGraph, recipe: Recipe) -> torch.fx.GraphModule:
             _tensor(weights.get(w, graph.initializers[w])),
             None if not b else _tensor(weights.get(b, graph.initializers[b])),
         )
-    stray = [
-        t.name
-        for t in recipe.tensors.values()
-        if t.role in ("weight", "bias") and (t.node not in ops)
-    ]
-    if stray:
-        raise NotImplementedError(
-            f"recipe quantizes constants {stray[:5]} read by nodes that are not conv / linear / "
-            "embedding; the torch simulation cannot place them yet"
-        )
+    constants: dict[str, dict[str, torch.Tensor]] = {}
+    for t in recipe.tensors.values():
+        if t.role in ("weight", "bias") and t.node not in ops:
+            constants.setdefault(t.node, {})[t.name] = _tensor(weights[t.name])
     acts = {}
     for name, t in recipe.of_role("activation").items():
         acts[name] = (
             t.consumers,
             FakeQuantize(t.spec, t.params, smooth=t.smooth, name=name),
         )
-    return bind(exp.module, graph, ops=ops, activations=acts, inputs=exp.input_names).module
+    bound = bind(
+        exp.module, graph, ops=ops, activations=acts, constants=constants, aliases=exp.aliases
+    )
+    return bound.module

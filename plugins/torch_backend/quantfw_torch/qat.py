@@ -19,6 +19,7 @@ derives the same parameters from the final scales, as the PTQ calibration does.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -122,8 +123,10 @@ def qat_prepare(result: QuantizationResult, *, learn_scales: bool = False) -> to
         bt = recipe.tensors.get(b) if b else None
         if bt is not None and bt.role == "bias" and act is not None and op.weight_fq is not None:
             op.bias_fq = BiasFakeQuantize(act, op.weight_fq)
-    module = copy.deepcopy(exp.module)  # train a copy, never the user's parameters
-    gm = bind(module, graph, ops=state.ops, activations=acts, inputs=exp.input_names).module
+    with warnings.catch_warnings():  # torch's own pytree spec deprecation, raised by deepcopy
+        warnings.simplefilter("ignore", FutureWarning)
+        module = copy.deepcopy(exp.module)  # train a copy, never the user's parameters
+    gm = bind(module, graph, ops=state.ops, activations=acts, aliases=exp.aliases).module
     gm.quantfw_state = state
     return gm
 

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the torch plugin tests need torch")
 pytest.importorskip("onnxscript", reason="the torch frontend translates through onnxscript")
 
-from conftest import mean_pool  # noqa: E402
+from torch_test_models import mean_pool  # noqa: E402
 
 import quantfw  # noqa: E402
 import quantfw.qat  # noqa: E402

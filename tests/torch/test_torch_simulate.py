@@ -30,9 +30,9 @@ def _rng_range(a):
 
 @pytest.fixture(scope="module")
 def resnet_x86(tmp_path_factory, images):
-    import conftest
+    from torch_test_models import build_resnet
 
-    m = conftest.build_resnet()
+    m = build_resnet()
     out = tmp_path_factory.mktemp("art") / "resnet.onnx"
     res = quantfw.quantize(m, images[:32], target="x86", output=out)
     return m, res, out
@@ -119,3 +119,72 @@ def test_dynamic_linear_layers(kit, tmp_path):
     with torch.no_grad():
         ref = m(torch.from_numpy(x)).numpy()
     assert np.abs(sim - ref).max() <= 0.05 * _rng_range(ref)
+
+
+class SplitGRU(nn.Module):
+    """A fused projection split in two (its ONNX Split outputs are named by the translation),
+    a GRU (its internals exist only in ONNX) and the input returned unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(8, 16)
+        self.rnn = nn.GRU(8, 8, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        q, k = self.proj(x).split(8, -1)
+        return {"scores": q @ k.transpose(-1, -2), "logits": self.head(self.rnn(x)[0]), "x": x}
+
+
+def test_values_only_the_onnx_translation_has(kit, tmp_path):
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((6, 5, 8)).astype(np.float32)
+    res = quantfw.quantize(SplitGRU().eval(), x, target="x86", output=tmp_path / "m.onnx")
+    assert res.graph.inputs == ["x"]  # not the exporter's x_orig
+    assert res.graph.outputs == ["scores", "logits", "x_out"]  # the dict's keys
+    split_outputs = [t for n in res.graph.nodes if n.source_op == "Split" for t in n.outputs]
+    assert split_outputs and all(t in res.recipe.tensors for t in split_outputs)
+    demoted = res.graph.source.demoted  # the GRU's internals: kept float, listed
+    assert demoted and all(n in res.plan.float_nodes() for n in demoted)
+    sim = res.simulate()({"x": x[:3]})
+    plain = kit.ort_run(res.artifact.path, {"x": x[:3]}, optimize=False)
+    for name, want in zip(res.graph.outputs, plain, strict=True):
+        np.testing.assert_allclose(sim[name], want, rtol=0, atol=1e-5 * max(1, _rng_range(want)))
+
+
+def test_batch_of_one_still_gives_a_free_batch_axis(kit, tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.randn(8, 4), torch.zeros(8)), batch_size=1
+    )
+    res = quantfw.quantize(m, loader, target="x86", output=tmp_path / "m.onnx")
+    assert res.graph.input_shapes["input"][0] is None
+    x = np.ones((5, 4), np.float32)
+    assert kit.ort_run(res.artifact.path, {"input": x})[0].shape == (5, 2)
+
+
+def test_generic_target_quantizes_constant_operands(kit):
+    """On ``generic`` every operand of a quantized op is quantized, constants too (here an
+    attention-style scale); the torch simulation puts them where torch computes them."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+            self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, 8))
+
+        def forward(self, x):
+            return (self.fc(x) * 0.37) * self.gamma
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(1).standard_normal((16, 8)).astype(np.float32)
+    res = quantfw.quantize(Scaled().eval(), x, target="generic")
+    consts = [
+        t for t in res.recipe.of_role("weight").values() if res.graph.node(t.node).op.value == "mul"
+    ]
+    assert len(consts) == 2
+    sim = res.simulate()({"x": x})[res.graph.outputs[0]]
+    qdq = write_qdq(res.graph.source.onnx_model, res.graph, res.recipe)
+    ref = kit.ort_run(qdq, {"x": x}, optimize=False)[0]
+    np.testing.assert_allclose(sim, ref, rtol=0, atol=1e-5 * _rng_range(ref))
