@@ -118,21 +118,42 @@ def test_convert_refuses_a_plain_module():
         quantfw.qat.convert(nn.Linear(2, 2))
 
 
-@pytest.mark.slow
-def test_w4a4_qat_recovers_ptq_loss(digits):
-    """A few epochs of QAT at W4A4 recover (most of) what PTQ at W4A4 loses on digits."""
-    torch.manual_seed(0)
+def test_qat_recovers_what_ptq_loses_at_w3a3(digits):
+    """At W3A3 minmax PTQ loses about 4 points on digits; ten epochs of QAT (STE, Adam 1e-3 with
+    cosine decay, the benchmarks/torch_qat.py schedule) win most of them back."""
+    torch.backends.mkldnn.enabled = False
     torch.set_num_threads(1)
+    torch.manual_seed(0)
     m = digits_cnn_module()
     low = {"weight": {"bits": 3}, "activation": {"bits": 3}}
-    ptq = quantfw.quantize(m, digits.x_calib, target="generic", overrides=low)
+    ptq = quantfw.quantize(m, digits.x_calib, target="generic", overrides=low, algorithms=["none"])
     name_in, name_out = ptq.graph.inputs[0], ptq.graph.outputs[0]
-    acc = lambda logits: float((logits.argmax(1) == digits.y_test).mean())  # noqa: E731
+
+    def acc(logits):
+        return float((logits.argmax(1) == digits.y_test).mean())
+
     ptq_acc = acc(ptq.simulate()({name_in: digits.x_test})[name_out])
     float_acc = acc(_logits(m, digits.x_test))
-    qm = quantfw.qat.prepare(m, digits.x_calib, target="generic", overrides=low)
-    _train(qm, digits.x_train, digits.y_train, steps=3 * len(digits.x_train) // 32, lr=1e-3)
+    assert float_acc - ptq_acc >= 0.03  # PTQ really loses several points here
+    qm = quantfw.qat.prepare(
+        m, digits.x_calib, target="generic", overrides=low, algorithms=["none"]
+    )
+    opt = torch.optim.Adam(qm.parameters(), lr=1e-3)
+    epochs, batch = 10, 32
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, epochs * -(-len(digits.x_train) // batch)
+    )
+    gen = torch.Generator().manual_seed(0)
+    X, Y = torch.from_numpy(digits.x_train), torch.from_numpy(digits.y_train).long()
+    for _ in range(epochs):
+        perm = torch.randperm(len(X), generator=gen)
+        for i in range(0, len(X), batch):
+            idx = perm[i : i + batch]
+            loss = nn.functional.cross_entropy(qm(X[idx]), Y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
     qat = quantfw.qat.convert(qm)
     qat_acc = acc(qat.simulate()({name_in: digits.x_test})[name_out])
-    assert qat_acc > ptq_acc
-    assert float_acc - qat_acc <= 0.5 * (float_acc - ptq_acc)
+    assert float_acc - qat_acc <= 0.3 * (float_acc - ptq_acc), (float_acc, ptq_acc, qat_acc)

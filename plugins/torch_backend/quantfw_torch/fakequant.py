@@ -5,8 +5,10 @@
 saturation, ``(q - zero_point) * scale``), so a torch simulation agrees with the core's reference
 and with the runtimes.  For training it passes gradients with the straight-through estimator
 (STE): the rounding counts as the identity, and values the grid clips get no gradient.  With
-``learn_scale=True`` the scale is a parameter trained by LSQ (Esser et al., 2020): the gradient
-of the rounding residual, scaled by ``1 / sqrt(numel · qmax)``.  Without it, a weight quantizer
+``learn_scale=True`` the scale is trained by LSQ (Esser et al., 2020): the gradient of the
+rounding residual, scaled by ``1 / sqrt(numel · qmax)``; the parameter is ``log(scale)``, so no
+optimizer step can drive a scale to zero or below (plain LSQ under Adam at 8 bits zeroed 10 % of
+the digits CNN's weight scales within ten steps, killing those channels).  Without it, a weight quantizer
 recomputes its scale from the weight each step (``observe_weight``), an activation quantizer
 keeps the calibrated one.
 """
@@ -38,7 +40,9 @@ def _round_ste(v: torch.Tensor) -> torch.Tensor:
 
 
 def _grad_scale(s: torch.Tensor, g: float) -> torch.Tensor:
-    return s * g + (s - s * g).detach()
+    """``s`` in the forward pass (exactly: the value the recipe will carry), its gradient
+    multiplied by ``g``."""
+    return s + (s * g - (s * g).detach())
 
 
 def _view(p: torch.Tensor, spec: QuantSpec, ndim: int) -> torch.Tensor:
@@ -119,14 +123,24 @@ class FakeQuantize(nn.Module):
         if params is not None:
             scale = torch.from_numpy(np.asarray(params.scale, dtype=np.float32).copy())
             zp = torch.from_numpy(np.asarray(params.zero_point).astype(np.float32))
+        self.learn_scale = learn_scale
         if learn_scale:
             if scale is None:
                 raise ValueError(f"{name}: LSQ needs initial parameters")
-            self.scale = nn.Parameter(scale)  # the zero point stays fixed: LSQ trains the step
+            # trained in log space: a step can never make a scale zero or negative, and
+            # Adam's per-parameter step (about lr) is relative, whatever the scale's magnitude
+            self.log_scale = nn.Parameter(torch.log(scale))  # the zero point stays fixed
+            self.fixed_scale = None
         else:
-            self.register_buffer("scale", scale)
+            self.register_buffer("fixed_scale", scale)
         self.register_buffer("zero_point", zp)
-        self.learn_scale = learn_scale
+
+    @property
+    def scale(self) -> torch.Tensor | None:
+        """The scale applied now (with LSQ ``exp(log_scale)``, differentiable)."""
+        if self.learn_scale:
+            return torch.exp(self.log_scale)
+        return self.fixed_scale
 
     def extra_repr(self) -> str:
         mode = "lsq" if self.learn_scale else ("observe" if self.observe_weight else "fixed")
@@ -144,8 +158,6 @@ class FakeQuantize(nn.Module):
         if self.scale is None:
             raise ValueError(f"{self.name}: no parameters yet")
         scale = self.scale.detach().to(torch.float32).cpu().numpy().copy()
-        if self.learn_scale:
-            scale = np.maximum(scale, np.float32(np.finfo(np.float32).tiny))
         zp = self.zero_point.detach().cpu().numpy()
         return QuantParams(scale, np.rint(zp).astype(np.int32))
 
@@ -166,7 +178,7 @@ class FakeQuantize(nn.Module):
                 scale, zp = _view(scale, spec, x.dim()), _view(zp, spec, x.dim())
             if self.observe_weight and not spec.dynamic:
                 with torch.no_grad():
-                    self.scale = scale.reshape(-1) if scale.dim() else scale
+                    self.fixed_scale = scale.reshape(-1) if scale.dim() else scale
                     self.zero_point = zp.reshape(-1) if zp.dim() else zp
             return fake_quantize(x, scale, zp, spec)
         if self.scale is None:
@@ -174,7 +186,6 @@ class FakeQuantize(nn.Module):
         scale = _view(self.scale, spec, x.dim())
         zp = _view(self.zero_point, spec, x.dim())
         if self.learn_scale:
-            numel = x.numel() / max(1, self.scale.numel())
-            g = 1.0 / math.sqrt(max(1.0, numel * max(1, spec.qmax)))
-            scale = _grad_scale(scale, g).clamp_min(torch.finfo(torch.float32).tiny)
+            numel = x.numel() / max(1, self.log_scale.numel())
+            scale = _grad_scale(scale, 1.0 / math.sqrt(max(1.0, numel * max(1, spec.qmax))))
         return fake_quantize(x, scale, zp, spec)
