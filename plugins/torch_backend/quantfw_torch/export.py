@@ -383,6 +383,7 @@ def export_module(tm: TorchModel, *, opset: int | None = None) -> Exported:
     gm = decomposed.module()
     proto = onnx_program.model_proto
     _fix_numeric_dim_params(proto)
+    _strip_trace_metadata(proto)
     constants = {
         n.name: n.meta.get("val")
         for n in gm.graph.nodes
@@ -520,6 +521,16 @@ def _split_aliases(proto: Any, gm: torch.fx.GraphModule) -> dict[str, str]:
                         aliases[node.output[i]] = fx_name
                 break
     return aliases
+
+
+def _strip_trace_metadata(proto: Any) -> None:
+    """Drop the exporter's per-node metadata (FX node text, source stack traces with the user's
+    file paths): it would ship inside every artifact (10 % of the digits CNN's int8 file)."""
+    g = proto.graph
+    for n in g.node:
+        del n.metadata_props[:]
+    for vi in [*g.input, *g.output, *g.value_info, *g.initializer]:
+        del vi.metadata_props[:]
 
 
 def _fix_numeric_dim_params(proto: Any) -> None:
