@@ -127,9 +127,12 @@ class FakeQuantize(nn.Module):
         if learn_scale:
             if scale is None:
                 raise ValueError(f"{name}: LSQ needs initial parameters")
-            # trained in log space: a step can never make a scale zero or negative, and
-            # Adam's per-parameter step (about lr) is relative, whatever the scale's magnitude
-            self.log_scale = nn.Parameter(torch.log(scale))  # the zero point stays fixed
+            # trained in log space, relative to the initial scale: a step can never make a
+            # scale zero or negative, Adam's per-parameter step (about lr) is relative whatever
+            # the scale's magnitude, and before training the scale is exactly the calibrated one
+            # (s0 * exp(0)); the zero point stays fixed
+            self.register_buffer("initial_scale", scale)
+            self.log_scale = nn.Parameter(torch.zeros_like(scale))
             self.fixed_scale = None
         else:
             self.register_buffer("fixed_scale", scale)
@@ -137,9 +140,9 @@ class FakeQuantize(nn.Module):
 
     @property
     def scale(self) -> torch.Tensor | None:
-        """The scale applied now (with LSQ ``exp(log_scale)``, differentiable)."""
+        """The scale applied now (with LSQ ``initial_scale · exp(log_scale)``, differentiable)."""
         if self.learn_scale:
-            return torch.exp(self.log_scale)
+            return self.initial_scale * torch.exp(self.log_scale)
         return self.fixed_scale
 
     def extra_repr(self) -> str:
