@@ -19,7 +19,7 @@ Rows:
 * ``float ORT`` -- the float ONNX model in ONNX Runtime (``x86_peers.py``'s file);
 * ``quantfw, ONNX input`` -- quantfw on that ONNX file (the ``x86_peers.py`` row);
 * ``quantfw, torch input`` -- quantfw on the torch module (``target="x86"``; its artifact runs
-  in ONNX Runtime); for MiniLM also dynamic;
+  in ONNX Runtime); for MiniLM also dynamic, per tensor and per token;
 * peers: PT2E with torchao's ``X86InductorQuantizer`` (CNN; ``torch.compile`` with freezing,
   see ``torch_peers.py``), ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear`` (MiniLM;
   per-tensor weights as its default, and per-channel).
@@ -256,6 +256,15 @@ def minilm(workdir: Path, quick: bool, log) -> list[dict[str, Any]]:
     dt = time.perf_counter() - t0
     add("quantfw dynamic, torch input", _ort(dyn.artifact.path),
         size_of(dyn.artifact.path) / float_bytes, dt)  # fmt: skip
+    t0 = time.perf_counter()
+    tok_dyn = quantfw.quantize(
+        hf, None, example_inputs=batches[0], target="x86",
+        overrides={"dynamic": True, "activation": {"granularity": "per_token"}},
+        output=workdir / "minilm_q_torch_dyn_token.onnx",
+    )  # fmt: skip
+    dt = time.perf_counter() - t0
+    add("quantfw dynamic per-token, torch", _ort(tok_dyn.artifact.path),
+        size_of(tok_dyn.artifact.path) / float_bytes, dt)  # fmt: skip
     log("[minilm] torch.ao quantize_dynamic")
     float_state = _state_bytes(hf)
     for per_channel in (False, True):
