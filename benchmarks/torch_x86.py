@@ -24,9 +24,10 @@ Rows:
   see ``torch_peers.py``), ``torch.ao.quantization.quantize_dynamic`` on ``nn.Linear`` (MiniLM;
   per-tensor weights as its default, and per-channel).
 
-Latency: median seconds per call, every system visited in rotating order with a 0.1 s pause
-before each timed call, 2 threads (torch intra-op and ORT), MiniLM at sequence length 64;
-reported as a ratio to ``float torch`` (lower is faster).  Size: bytes of what each system
+Latency: median seconds per call, every system visited in rotating order, a 0.1 s pause and one
+untimed call before each timed call (see ``_time``), 2 threads (torch intra-op and ORT), MiniLM
+at sequence length 64; reported as a ratio to ``float torch`` (lower is faster), milliseconds in
+the JSON.  Size: bytes of what each system
 needs to run (ONNX file; for torch rows ``torch.save`` bytes of the tensors they read) over the
 float model's.
 """
@@ -50,26 +51,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from minilm_export import OUT_DIR, embed, export_minilm, load_tokenizer, tokenize  # noqa: E402
-from x86_peers import SEQ_LEN, embedding_metrics, make_session, quiet, size_of, time_round_robin  # noqa: E402  # noqa: E402
+from x86_peers import SEQ_LEN, embedding_metrics, make_session, quiet, size_of  # noqa: E402  # noqa: E402
 
 import quantfw  # noqa: E402
 
 THREADS = 2
-
-
-class _Fn:
-    """Session-shaped adapter: ``x86_peers.time_round_robin`` times any ``fn(feeds)``."""
-
-    def __init__(self, fn: Callable[[Mapping[str, np.ndarray]], Any], names: list[str]):
-        self.fn, self.names = fn, names
-
-    def get_inputs(self):
-        from types import SimpleNamespace
-
-        return [SimpleNamespace(name=n) for n in self.names]
-
-    def run(self, _outputs, feeds):
-        return self.fn(feeds)
 
 
 def _ort(path: Path) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
@@ -92,9 +78,27 @@ def _state_bytes(module: torch.nn.Module) -> int:
 
 
 def _time(systems: dict[str, Callable], feeds: Mapping[str, np.ndarray], repeats: int):
-    adapters = {k: _Fn(f, list(feeds)) for k, f in systems.items()}
+    """Median seconds per call of each system, every repeat visiting all in rotating order.
+
+    Before each timed call: a 0.1 s pause (a finished ONNX Runtime session's spinning threads
+    stop; see ``x86_peers.time_round_robin``), then one untimed call of the same system, because
+    after a pause torch's OpenMP threads take ~10 ms to wake up (the digits CNN measured 11.8 ms
+    per batch-1 call right after a pause, 0.16 ms otherwise) and ONNX Runtime's too.
+    """
+    names = list(systems)
     with torch.no_grad():
-        return time_round_robin(adapters, dict(feeds), repeats)
+        for n in names:
+            systems[n](feeds)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(repeats):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                time.sleep(0.1)
+                systems[n](feeds)
+                t0 = time.perf_counter()
+                systems[n](feeds)
+                times[n].append(time.perf_counter() - t0)
+    return {n: float(np.median(v)) for n, v in times.items()}
 
 
 def _table(title: str, rows: list[dict[str, Any]], metrics: list[str]) -> str:
