@@ -6,6 +6,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,10 +368,7 @@ def lower(
         except TypeError as exc:
             raise ValueError(f"backend {be.name!r} rejected backend_options: {exc}") from None
         t0 = time.perf_counter()
-        if reporter is not None:
-            with reporter.stage("lower", be.name, ctx):
-                artifact = lowering.lower(model_obj, graph, recipe, Path(output))
-        else:
+        with reporter.stage("lower", be.name, ctx) if reporter is not None else nullcontext():
             artifact = lowering.lower(model_obj, graph, recipe, Path(output))
         timings[f"lower:{be.name}"] = time.perf_counter() - t0
         backend_note = f"{be.name} wrote {artifact.path}"

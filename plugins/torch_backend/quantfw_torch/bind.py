@@ -59,7 +59,6 @@ class Bound:
 
     module: torch.fx.GraphModule
     nodes: dict[str, torch.fx.Node] = field(default_factory=dict)
-    quantizers: dict[str, nn.Module] = field(default_factory=dict)
 
 
 # -- the re-implemented ops (FX calls them by reference) --------------------------------------
@@ -187,7 +186,6 @@ def bind(
     for tensor, (consumers, fq) in activations.items():
         t = find(tensor, "a quantized activation")
         target = attach(fq, "fq")
-        bound.quantizers[tensor] = fq
         with g.inserting_after(t):
             q = g.call_module(target, (t,))
         if consumers is None:

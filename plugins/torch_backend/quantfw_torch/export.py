@@ -33,7 +33,7 @@ import io
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -556,10 +556,3 @@ def flat_inputs(exported: Exported, batch: Mapping[str, Any]) -> list[Any]:
         for n in exported.module.graph.nodes
         if n.op == "placeholder"
     ]
-
-
-def fx_outputs(gm: torch.fx.GraphModule) -> Sequence[Any]:
-    """The flat output nodes of ``gm``'s graph."""
-    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
-    args = out.args[0]
-    return list(args) if isinstance(args, (tuple, list)) else [args]
