@@ -8,6 +8,7 @@ refuses pickled code, so a tampered checkpoint fails instead of running.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -38,7 +39,9 @@ def load_state_dict(
 
             state = load_file(str(p), device="cpu")
         else:
-            state = torch.load(str(p), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's pickle-protocol notes precede our error
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, … for unsafe/bad files
         raise WeightsFileError(
             f"cannot read weights file {str(p)!r} safely ({type(exc).__name__}: "
