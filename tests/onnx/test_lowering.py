@@ -27,6 +27,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
+from onnx_test_models import mlp_model  # noqa: E402
 from quantfw_onnx.avx2 import (  # noqa: E402
     max_safe_weight_code,
     saturation_free,
@@ -56,29 +57,8 @@ def f32(a) -> np.ndarray:
 
 
 def make_mlp(seed: int = 0, hidden: int = 32, ffn: int = 64, opset: int = 13):
-    """x[batch, seq, H] -> MatMul+Add -> Relu -> MatMul+Add -> y (a transformer's FFN)."""
-    rng = np.random.default_rng(seed)
-    w = {
-        "fc1.weight": f32(rng.normal(size=(hidden, ffn)) / np.sqrt(hidden)),
-        "fc1.bias": f32(rng.normal(size=ffn) * 0.1),
-        "fc2.weight": f32(rng.normal(size=(ffn, hidden)) / np.sqrt(ffn)),
-        "fc2.bias": f32(rng.normal(size=hidden) * 0.1),
-    }
-    nodes = [
-        h.make_node("MatMul", ["x", "fc1.weight"], ["fc1.mm"], name="fc1/MatMul"),
-        h.make_node("Add", ["fc1.mm", "fc1.bias"], ["fc1.out"], name="fc1/Add"),
-        h.make_node("Relu", ["fc1.out"], ["act"], name="relu"),
-        h.make_node("MatMul", ["act", "fc2.weight"], ["fc2.mm"], name="fc2/MatMul"),
-        h.make_node("Add", ["fc2.mm", "fc2.bias"], ["y"], name="fc2/Add"),
-    ]
-    graph = h.make_graph(
-        nodes,
-        "mlp",
-        [h.make_tensor_value_info("x", T.FLOAT, ["batch", "seq", hidden])],
-        [h.make_tensor_value_info("y", T.FLOAT, ["batch", "seq", hidden])],
-        [nh.from_array(v, k) for k, v in w.items()],
-    )
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+    """``onnx_test_models.mlp_model`` and the QuantGraph a frontend would capture from it."""
+    model = mlp_model(seed, hidden, ffn, opset)
     qg = QuantGraph(
         nodes=[
             Node(
@@ -103,7 +83,7 @@ def make_mlp(seed: int = 0, hidden: int = 32, ffn: int = 64, opset: int = 13):
         ],
         inputs=["x"],
         outputs=["y"],
-        initializers=dict(w),
+        initializers={i.name: nh.to_array(i) for i in model.graph.initializer},
         name="mlp",
         source=model,
     )
@@ -191,7 +171,7 @@ def make_cnn(seed: int = 0):
         ],
         inputs=["x"],
         outputs=["logits"],
-        initializers=dict(w),
+        initializers={i.name: nh.to_array(i) for i in model.graph.initializer},
         name="cnn",
         source=model,
     )

@@ -24,6 +24,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
+from onnx_test_models import mlp_model  # noqa: E402
 from quantfw_onnx.avx2 import saturation_free, u8s8_matmul_avx2, u8s8_matmul_exact  # noqa: E402
 from quantfw_onnx.backend import OnnxRuntimeBackend  # noqa: E402
 from quantfw_onnx.frontend import OnnxFrontend  # noqa: E402
@@ -49,29 +50,8 @@ def f32(a) -> np.ndarray:
 
 
 def build_mlp(opset: int = 17) -> onnx.ModelProto:
-    """x[batch, seq, H] -> MatMul+Add -> Relu -> MatMul+Add -> y: a transformer's FFN."""
-    rng = np.random.default_rng(0)
-    w = {
-        "fc1.weight": f32(rng.normal(size=(H, F)) / np.sqrt(H)),
-        "fc1.bias": f32(rng.normal(size=F) * 0.1),
-        "fc2.weight": f32(rng.normal(size=(F, H)) / np.sqrt(F)),
-        "fc2.bias": f32(rng.normal(size=H) * 0.1),
-    }
-    nodes = [
-        h.make_node("MatMul", ["x", "fc1.weight"], ["fc1.mm"], name="fc1/MatMul"),
-        h.make_node("Add", ["fc1.mm", "fc1.bias"], ["fc1.out"], name="fc1/Add"),
-        h.make_node("Relu", ["fc1.out"], ["act"], name="relu"),
-        h.make_node("MatMul", ["act", "fc2.weight"], ["fc2.mm"], name="fc2/MatMul"),
-        h.make_node("Add", ["fc2.mm", "fc2.bias"], ["y"], name="fc2/Add"),
-    ]
-    graph = h.make_graph(
-        nodes,
-        "mlp",
-        [h.make_tensor_value_info("x", T.FLOAT, ["batch", "seq", H])],
-        [h.make_tensor_value_info("y", T.FLOAT, ["batch", "seq", H])],
-        [nh.from_array(v, k) for k, v in w.items()],
-    )
-    return h.make_model(graph, opset_imports=[h.make_opsetid("", opset)], ir_version=10)
+    """A transformer's FFN, x[batch, seq, H] -> y (``onnx_test_models.mlp_model``)."""
+    return mlp_model(0, H, F, opset, ir_version=10)
 
 
 def build_gemms() -> onnx.ModelProto:
