@@ -18,7 +18,8 @@ Protocol, mirrored from ``x86_peers.py`` so torch and ONNX rows compare: digits 
 test split of :func:`quantfw_onnx.models.digits_data`; MiniLM calibration on 128 docstring
 sentences and evaluation on the 512 after them (same seed), cosine of the mean-pooled sentence
 embedding to the float torch model's; latency is the median over repeats, visiting every system
-in rotating order with a 0.1 s pause before each timed call (``x86_peers.time_round_robin``),
+in rotating order with a 0.1 s pause and one untimed call before each timed call
+(:func:`time_round_robin_warm`),
 torch on 2 intra-op threads, MiniLM timed at sequence length 64.
 
 What ``torch.compile`` does with the PT2E model here (torch 2.13, torchao 0.18, 2 cores):
@@ -47,13 +48,12 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 from minilm_export import embed, load_tokenizer, load_torch_model, tokenize
-from x86_peers import SEQ_LEN, Row, embedding_metrics, format_table, quiet, time_round_robin
+from x86_peers import SEQ_LEN, Row, embedding_metrics, format_table, quiet
 
 THREADS = 2
 #: Seconds the first ``torch.compile`` of the PT2E model may take before it is judged unusable.
@@ -77,6 +77,7 @@ __all__ = [
     "pt2e_x86_cnn",
     "state_bytes",
     "time_round_robin_torch",
+    "time_round_robin_warm",
     "torch_predictor",
     "torch_threads",
 ]
@@ -157,30 +158,39 @@ def compile_frozen(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Te
     return run
 
 
-class _Callable:
-    """Session-shaped adapter so ``x86_peers.time_round_robin`` can time any callable."""
+def time_round_robin_warm(
+    systems: Mapping[str, Callable[[Any], Any]], x: Any, repeats: int
+) -> dict[str, float]:
+    """Median seconds per call ``fn(x)`` of each system, every repeat visiting all in rotating
+    order.
 
-    def __init__(self, fn: Callable[[Any], Any]):
-        self._fn = fn
-
-    def get_inputs(self) -> list[SimpleNamespace]:
-        return [SimpleNamespace(name="x")]
-
-    def run(self, _outputs: Any, feeds: Mapping[str, Any]) -> Any:
-        return self._fn(feeds["x"])
+    Before each timed call: a 0.1 s pause (a finished ONNX Runtime session's spinning threads
+    stop; see ``x86_peers.time_round_robin``), then one untimed call of the same system, because
+    after a pause torch's OpenMP threads take ~10 ms to wake up (the digits CNN measured 11.8 ms
+    per batch-1 call right after a pause, 0.16 ms otherwise) and ONNX Runtime's too.
+    """
+    names = list(systems)
+    with torch.no_grad():
+        for n in names:
+            systems[n](x)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(repeats):
+            k = r % len(names)
+            for n in names[k:] + names[:k]:
+                time.sleep(0.1)
+                systems[n](x)
+                t0 = time.perf_counter()
+                systems[n](x)
+                times[n].append(time.perf_counter() - t0)
+    return {n: float(np.median(v)) for n, v in times.items()}
 
 
 def time_round_robin_torch(
     systems: Mapping[str, Callable[[Any], Any]], x: Any, repeats: int, threads: int = THREADS
 ) -> dict[str, float]:
-    """Median seconds per call ``fn(x)`` of each system, on ``threads`` torch threads.
-
-    Same protocol as ``x86_peers.time_round_robin`` (which does the work): one warm-up call each
-    (this is where a compiled system compiles a new shape), then ``repeats`` rounds visiting every
-    system in rotating order, sleeping 0.1 s before each timed call.
-    """
-    with torch_threads(threads), torch.no_grad():
-        return time_round_robin({n: _Callable(f) for n, f in systems.items()}, {"x": x}, repeats)
+    """:func:`time_round_robin_warm` on ``threads`` torch threads."""
+    with torch_threads(threads):
+        return time_round_robin_warm(systems, x, repeats)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ Rows:
   per-tensor weights as its default, and per-channel).
 
 Latency: median seconds per call, every system visited in rotating order, a 0.1 s pause and one
-untimed call before each timed call (see ``_time``), 2 threads (torch intra-op and ORT), MiniLM
+untimed call before each timed call (``torch_peers.time_round_robin_warm``), 2 threads (torch intra-op and ORT), MiniLM
 at sequence length 64; reported as a ratio to ``float torch`` (lower is faster), milliseconds in
 the JSON.  Size: bytes of what each system
 needs to run (ONNX file; for torch rows ``torch.save`` bytes of the tensors they read) over the
@@ -78,27 +78,9 @@ def _state_bytes(module: torch.nn.Module) -> int:
 
 
 def _time(systems: dict[str, Callable], feeds: Mapping[str, np.ndarray], repeats: int):
-    """Median seconds per call of each system, every repeat visiting all in rotating order.
+    from torch_peers import time_round_robin_warm
 
-    Before each timed call: a 0.1 s pause (a finished ONNX Runtime session's spinning threads
-    stop; see ``x86_peers.time_round_robin``), then one untimed call of the same system, because
-    after a pause torch's OpenMP threads take ~10 ms to wake up (the digits CNN measured 11.8 ms
-    per batch-1 call right after a pause, 0.16 ms otherwise) and ONNX Runtime's too.
-    """
-    names = list(systems)
-    with torch.no_grad():
-        for n in names:
-            systems[n](feeds)
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(repeats):
-            k = r % len(names)
-            for n in names[k:] + names[:k]:
-                time.sleep(0.1)
-                systems[n](feeds)
-                t0 = time.perf_counter()
-                systems[n](feeds)
-                times[n].append(time.perf_counter() - t0)
-    return {n: float(np.median(v)) for n, v in times.items()}
+    return time_round_robin_warm(systems, feeds, repeats)
 
 
 def _table(title: str, rows: list[dict[str, Any]], metrics: list[str]) -> str:

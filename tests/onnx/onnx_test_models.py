@@ -1,7 +1,9 @@
-"""ONNX model builders shared by several test modules here (imported by tests that have
+"""ONNX model builders and ONNX Runtime helpers shared by several test modules here (imported by tests that have
 already skipped themselves without onnx)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -42,3 +44,22 @@ def mlp_model(
     )
     kwargs = {} if ir_version is None else {"ir_version": ir_version}
     return h.make_model(graph, opset_imports=[h.make_opsetid("", opset)], **kwargs)
+
+
+def session(model: onnx.ModelProto, optimized: bool):
+    """The backend's session (MatMulNBits pinned to float32 compute), one thread."""
+    from quantfw_onnx.backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend().session(model.SerializeToString(), optimized, threads=1)
+
+
+def optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
+    """The kernels ONNX Runtime actually runs, read back from its optimized model."""
+    import onnxruntime as ort
+
+    out = tmp_path / "optimized.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(out)
+    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(out)).graph.node]

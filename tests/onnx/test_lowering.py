@@ -16,8 +16,6 @@ Reference = :func:`quantfw.interpreter.run_graph` on the QuantGraph with the rec
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -27,7 +25,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
-from onnx_test_models import mlp_model  # noqa: E402
+from onnx_test_models import mlp_model, optimized_ops, session  # noqa: E402
 from quantfw_onnx.avx2 import (  # noqa: E402
     max_safe_weight_code,
     saturation_free,
@@ -192,21 +190,6 @@ def weight_of(qg: QuantGraph, recipe: Recipe, name: str):
 
 def reference(qg: QuantGraph, recipe: Recipe, feeds: dict, outputs=None) -> dict:
     return reference_runner(qg, recipe, outputs)(feeds)
-
-
-def session(model, optimized: bool):
-    """The backend's session (MatMulNBits pinned to float32 compute), one thread."""
-    return OnnxRuntimeBackend().session(model.SerializeToString(), optimized, threads=1)
-
-
-def optimized_ops(model, tmp_path: Path) -> list[str]:
-    """The kernels ONNX Runtime actually runs, read back from its optimized model."""
-    out = tmp_path / "optimized.onnx"
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(out)
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(out)).graph.node]
 
 
 def last_layer_step(recipe: Recipe, act: str, weight: np.ndarray, in_axis: int) -> float:

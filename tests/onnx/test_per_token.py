@@ -24,9 +24,8 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
-from onnx_test_models import mlp_model  # noqa: E402
+from onnx_test_models import mlp_model, optimized_ops, session  # noqa: E402
 from quantfw_onnx.avx2 import saturation_free, u8s8_matmul_avx2, u8s8_matmul_exact  # noqa: E402
-from quantfw_onnx.backend import OnnxRuntimeBackend  # noqa: E402
 from quantfw_onnx.frontend import OnnxFrontend  # noqa: E402
 from quantfw_onnx.qdq import LoweringError, count_ops, write_qdq  # noqa: E402
 
@@ -114,20 +113,6 @@ def with_outputs(model, names):
 
 def mlp_weight(name: str) -> np.ndarray:
     return next(nh.to_array(i) for i in build_mlp().graph.initializer if i.name == name)
-
-
-def session(model, optimized: bool):
-    return OnnxRuntimeBackend().session(model.SerializeToString(), optimized, threads=1)
-
-
-def optimized_ops(model, tmp_path) -> list[str]:
-    """The kernels ONNX Runtime actually runs, read back from its optimized model."""
-    out = tmp_path / "optimized.onnx"
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(out)
-    ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(out)).graph.node]
 
 
 def assert_rows_close(
