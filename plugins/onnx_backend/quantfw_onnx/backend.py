@@ -13,7 +13,6 @@ on such a CPU instead of returning silently wrong numbers (``check_cpu=False`` l
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -28,6 +27,8 @@ from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 
 from .avx2 import max_safe_weight_code
+from .cpu import cpu_vnni
+from .opset import default_opset
 
 __all__ = [
     "OnnxRuntimeBackend",
@@ -43,7 +44,6 @@ PROTOBUF_LIMIT = (1 << 31) - (64 << 20)
 MATMULNBITS_ACCURACY_LEVEL = 1
 
 _INSTALL = 'pip install "quantfw[onnx]"'
-_VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
 
 
 def _ort() -> Any:
@@ -115,21 +115,6 @@ def artifact_stats(model: Any) -> dict[str, Any]:
     }
 
 
-def _cpu_vnni() -> tuple[bool, str]:
-    """``(has_vnni, what was found)`` for this machine (x86 Linux flags)."""
-    from quantfw.target import read_cpu_flags
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "i386", "x86"):
-        return True, f"not an x86 CPU ({platform.machine()})"
-    flags = read_cpu_flags()
-    if flags is None:
-        return True, "CPU flags unreadable"
-    found = [f for f in _VNNI_FLAGS if f in flags]
-    if found:
-        return True, ", ".join(found)
-    return False, "avx2 without VNNI" if "avx2" in flags else "no avx2 and no VNNI"
-
-
 class OnnxRuntimeBackend:
     """Lowers recipes to ONNX QDQ models and runs them with ONNX Runtime's CPU provider.
 
@@ -187,9 +172,7 @@ class OnnxRuntimeBackend:
         else:
             onnx.checker.check_model(qmodel, full_check=True)
             atomic_write_bytes(output, qmodel.SerializeToString())
-        opset = next(
-            (int(i.version) for i in qmodel.opset_import if i.domain in ("", "ai.onnx")), 0
-        )
+        opset = default_opset(qmodel)
         file_size = output.stat().st_size + (external.stat().st_size if external else 0)
         metadata = {
             "format": self.fmt,
@@ -266,7 +249,7 @@ class OnnxRuntimeBackend:
         :raises ValueError: on missing or unknown input names.
         """
         if self.check_cpu and artifact.metadata.get("needs_vnni"):
-            ok, found = _cpu_vnni()
+            ok, found = cpu_vnni()
             if not ok:
                 raise RuntimeError(
                     f"{artifact.path} has 8-bit weights (codes up to "

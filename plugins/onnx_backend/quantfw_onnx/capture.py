@@ -43,7 +43,8 @@ from onnx import TensorProto, helper, numpy_helper
 from quantfw.graph import Node, OpKind, QuantGraph
 
 from .graphutil import edges
-from .loader import _default_opset, _outer_names, folded_batchnorms
+from .loader import _outer_names, folded_batchnorms
+from .opset import default_opset
 
 __all__ = ["capture", "InitializerStore", "FLOAT_TYPES"]
 
@@ -182,7 +183,8 @@ class _Capturer:
         self.model = model
         self.g = model.graph
         self.nodes = list(self.g.node)
-        self.opset = _default_opset(model)
+        # a model importing no default opset has no default-domain node to read: any version does
+        self.opset = default_opset(model) or onnx.defs.onnx_opset_version()
         self.store = InitializerStore(self.g)
         self.init_protos = {t.name: t for t in self.g.initializer}
         self.graph_outputs = {o.name for o in self.g.output}

@@ -8,13 +8,16 @@ saturate, so 8-bit weights are only safe with VNNI.  Linux exposes the flags in 
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 
 from quantfw.target import read_cpu_flags
 
-__all__ = ["X86Detection", "detect_x86"]
+__all__ = ["VNNI_FLAGS", "X86Detection", "detect_x86", "cpu_vnni"]
 
+#: CPU flags of the instructions that accumulate u8 x s8 products straight into int32.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
+_X86_MACHINES = ("x86_64", "amd64", "i686", "i386", "x86")
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,19 @@ def detect_x86(
         "x86-avx2",
         "no avx2 flag found; using the AVX2 rules (ONNX Runtime falls back to slower kernels)",
     )
+
+
+def cpu_vnni(flags: frozenset[str] | None = None) -> tuple[bool, str]:
+    """``(True, what was found)`` when ONNX Runtime's u8 x s8 kernel on this machine cannot
+    saturate (an x86 CPU with VNNI, or not an x86 CPU, or flags that cannot be read), else
+    ``(False, what the CPU has)``.  ``flags`` overrides reading ``/proc/cpuinfo``."""
+    if flags is None:
+        if platform.machine().lower() not in _X86_MACHINES:
+            return True, f"not an x86 CPU ({platform.machine()})"
+        flags = read_cpu_flags()
+        if flags is None:
+            return True, "CPU flags unreadable"
+    found = [f for f in VNNI_FLAGS if f in flags]
+    if found:
+        return True, ", ".join(found)
+    return False, "avx2 without VNNI" if "avx2" in flags else "no avx2 and no VNNI"

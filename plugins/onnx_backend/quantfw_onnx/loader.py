@@ -38,6 +38,7 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from .graphutil import unique_name
+from .opset import default_opset
 
 __all__ = [
     "load_onnx",
@@ -373,13 +374,6 @@ def _name_nodes(graph: onnx.GraphProto) -> None:
         seen.add(name)
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
-    for op in model.opset_import:
-        if op.domain in ("", "ai.onnx"):
-            return int(op.version)
-    return 1
-
-
 def _constants_to_initializers(graph: onnx.GraphProto) -> None:
     outputs = {o.name for o in graph.output}
     keep = []
@@ -617,6 +611,9 @@ def _fold_constants(model: onnx.ModelProto) -> int:
     into initializers, in place.  Only the ops in ``_FOLDABLE``, never a graph output, never a
     result much bigger than its inputs.  Returns how many nodes were folded."""
     graph = model.graph
+    opset = default_opset(model)
+    if opset is None:
+        return 0  # no default-domain op to fold
     idx = _Index(graph)
     shapes = _static_shapes(model)
     keep: list[onnx.NodeProto] = []
@@ -641,7 +638,7 @@ def _fold_constants(model: onnx.ModelProto) -> int:
                 value = np.array(math.prod(shapes[ins[0]]), np.int64)
             elif ins and all(t in idx.inits and t not in idx.graph_inputs for t in ins):
                 # (an initializer that is also a graph input is only a default: not constant)
-                value = _evaluate(node, idx, _default_opset(model), model.ir_version)
+                value = _evaluate(node, idx, opset, model.ir_version)
         if value is None:
             keep.append(node)
             continue

@@ -157,6 +157,7 @@ from quantfw.recipe import Recipe, TensorRecipe
 from quantfw.spec import Granularity, QuantSpec
 
 from .graphutil import unique_name
+from .opset import default_opset
 
 __all__ = ["LoweringError", "write_qdq", "storage_of", "count_ops", "FORMATS", "MIN_OPSET"]
 
@@ -299,13 +300,6 @@ def _rename_reads(graph: onnx.GraphProto, old: str, new: str, only: set[str] | N
                 _rename_reads(sub, old, new)
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 0
-
-
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor ONNX shape inference can tell (empty if it cannot run)."""
     types: dict[str, int] = {}
@@ -323,11 +317,11 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _set_opset(model: onnx.ModelProto, need: int) -> onnx.ModelProto:
-    have = _default_opset(model)
+    have = default_opset(model)
+    if have is None:
+        raise LoweringError("the model imports no default ('ai.onnx') opset; cannot add Q/DQ")
     if have >= need:
         return model
-    if have == 0:
-        raise LoweringError("the model imports no default ('ai.onnx') opset; cannot add Q/DQ")
     try:
         from onnx import version_converter
 
@@ -484,7 +478,7 @@ class _Writer:
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
         m = _set_opset(m, need)
-        self.opset = _default_opset(m)
+        self.opset = default_opset(m) or 0
         g = m.graph
         _all_names(g, self.names)
 

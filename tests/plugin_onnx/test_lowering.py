@@ -716,7 +716,7 @@ def test_backend_refuses_saturating_artifact_without_vnni(cnn, tmp_path, monkeyp
 
     model, qg, recipe, feeds = cnn
     art = OnnxRuntimeBackend().lower(model, qg, recipe, tmp_path / "m.onnx")
-    monkeypatch.setattr(backend_mod, "_cpu_vnni", lambda: (False, "avx2 without VNNI"))
+    monkeypatch.setattr(backend_mod, "cpu_vnni", lambda: (False, "avx2 without VNNI"))
     with pytest.raises(RuntimeError, match="would saturate in int16"):
         OnnxRuntimeBackend().run(art, feeds)
 
