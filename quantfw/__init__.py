@@ -2,30 +2,36 @@
 
 The core is framework-neutral (numpy, pluggy, ml_dtypes, safetensors); frontends for PyTorch,
 TensorFlow and ONNX and backends for the hardware targets are plugins discovered through the
-``quantfw`` entry-point group.  Importing this package loads no plugin and no deep-learning
-framework; plugins load on the first call that needs them.
+``quantfw`` entry-point group.  The contract between the two is :mod:`quantfw.api`.  Importing
+this package loads no plugin and no deep-learning framework; plugins load on the first call that
+needs them.
 """
 
-__version__ = "0.1.0"
-
-from .components import (  # noqa: E402
+from .api import (
     Algorithm,
     AlgorithmInfo,
     Artifact,
     Backend,
     BackendInfo,
+    ConverterInfo,
+    EngineInfo,
     Frontend,
     FrontendInfo,
+    LayerProblem,
     Stage,
+    StageContext,
+    hookimpl,
+    hookspec,
 )
-from .graph import Node, OpKind, QuantGraph  # noqa: E402
-from .hookspecs import hookimpl, hookspec  # noqa: E402
-from .pipeline import QuantizationResult, StageContext, quantize  # noqa: E402
-from .planner import Overrides, QuantPlan, plan  # noqa: E402
-from .plugins import get_plugin_manager, get_registry  # noqa: E402
-from .recipe import Recipe, TensorRecipe  # noqa: E402
-from .spec import Granularity, QuantParams, QuantSpec  # noqa: E402
-from .target import TargetSpec, load_target  # noqa: E402
+from .errors import QuantfwError, UnavailableError
+from .graph import Node, OpKind, QuantGraph
+from .pipeline import QuantizationResult, quantize
+from .planner import Overrides, QuantPlan, plan
+from .plugins import get_plugin_manager, get_registry
+from .recipe import Equalization, Recipe, TensorRecipe
+from .spec import Granularity, QuantParams, QuantSpec
+from .target import TargetSpec, load_target
+from .version import __version__
 
 __all__ = [
     "__version__",
@@ -34,9 +40,13 @@ __all__ = [
     "Artifact",
     "Backend",
     "BackendInfo",
+    "ConverterInfo",
+    "EngineInfo",
+    "Equalization",
     "Frontend",
     "FrontendInfo",
     "Granularity",
+    "LayerProblem",
     "Node",
     "OpKind",
     "Overrides",
@@ -44,12 +54,14 @@ __all__ = [
     "QuantParams",
     "QuantPlan",
     "QuantSpec",
+    "QuantfwError",
     "QuantizationResult",
     "Recipe",
     "Stage",
     "StageContext",
     "TargetSpec",
     "TensorRecipe",
+    "UnavailableError",
     "get_plugin_manager",
     "get_registry",
     "hookimpl",

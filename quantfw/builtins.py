@@ -3,7 +3,8 @@
 * frontend ``graph``: QuantGraph objects and ``.qgraph`` files, run by the numpy interpreter;
 * calibrate algorithms ``minmax``, ``moving_average``, ``percentile``, ``entropy``, ``mse``;
 * round algorithm ``nearest``; transforms ``smoothquant`` (default) and ``none``;
-* the target specs shipped in ``quantfw/targets/`` (``generic``: simulation only).
+* the compute engine ``numpy`` for layer-wise algorithms;
+* the target specs shipped with the core (``generic``: simulation only).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from .components import AlgorithmInfo, FrontendInfo, Stage
-from .hookspecs import hookimpl
+from .api.components import AlgorithmInfo, EngineInfo, FrontendInfo, Stage
+from .api.hookspecs import hookimpl
 
 _CALIBRATORS = {
     "minmax": "running min and max of each tensor",
@@ -44,6 +45,12 @@ def _smoothquant(**options):
 class _NoTransform:
     def run(self, ctx) -> None:
         """Nothing: the model's weights are used as they are."""
+
+
+def _numpy_engine(device: str | None = None):
+    from .api.engines import NumpyEngine
+
+    return NumpyEngine(device)
 
 
 def _nearest():
@@ -99,3 +106,8 @@ def quantfw_register_targets(register: Callable[[object], None]) -> None:
 
     for path in builtin_target_paths():
         register(path)
+
+
+@hookimpl
+def quantfw_register_engines(register: Callable[[EngineInfo], None]) -> None:
+    register(EngineInfo("numpy", _numpy_engine, description="numpy arrays on the CPU (no autograd)"))

@@ -14,12 +14,12 @@ from typing import Any
 
 import click
 
-from . import __version__
+from .version import __version__
 
 __all__ = ["main"]
 
 
-def _parse_algorithm(text: str) -> tuple[str, dict[str, Any]]:
+def _parse_algorithm(text: str, hint: str = "--algorithm") -> tuple[str, dict[str, Any]]:
     """``name`` or ``name:key=value,key=value`` (values parsed as JSON where they parse)."""
     name, _, rest = text.partition(":")
     options: dict[str, Any] = {}
@@ -27,7 +27,7 @@ def _parse_algorithm(text: str) -> tuple[str, dict[str, Any]]:
         key, eq, value = part.partition("=")
         if not eq:
             raise click.BadParameter(
-                f"{text!r}: option {part!r} needs key=value", param_hint="--algorithm"
+                f"{text!r}: option {part!r} needs key=value", param_hint=hint
             )
         try:
             options[key.strip()] = json.loads(value)
@@ -44,6 +44,19 @@ def _registry(strict: bool = True):
 
 def _fail(exc: Exception) -> None:
     raise click.ClickException(str(exc)) from exc
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that report a user's mistake (a bad model, file, option or installation):
+    shown as one line.  Anything else is a bug in quantfw or a plugin and keeps its traceback."""
+    from .errors import QuantfwError
+
+    return (QuantfwError, ValueError, OSError)
+
+
+def _options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as a dict (values parsed as JSON where they parse)."""
+    return _parse_algorithm(f"{flag}:" + ",".join(pairs), flag)[1] if pairs else {}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,6 +131,14 @@ def cli(ctx: click.Context, disabled: tuple[str, ...], quiet: bool, verbose: boo
     help="JSON file of planner overrides (see quantfw.planner.Overrides).",
 )
 @click.option(
+    "-F",
+    "--frontend-option",
+    "frontend_options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Option for the frontend (repeatable), e.g. threads=2 for the ONNX frontend.",
+)
+@click.option(
     "-B",
     "--backend-option",
     "backend_options",
@@ -141,6 +162,7 @@ def quantize(
     weight_bits: int | None,
     dynamic: bool,
     overrides_file: Path | None,
+    frontend_options: tuple[str, ...],
     backend_options: tuple[str, ...],
     batch_size: int,
     as_json: bool,
@@ -166,7 +188,8 @@ def quantize(
             overrides["dynamic"] = True
         registry = _registry()
         fe_info = registry.frontend_for(model)
-        model_obj = registry.frontend_object(fe_info.name).load(model)
+        fe_options = _options(frontend_options, "--frontend-option")
+        model_obj = registry.make_frontend(fe_info.name, fe_options).load(model)
         if output is not None:
             check_not_input(output, [model])
         data = CalibrationFile(calib) if calib is not None else None
@@ -178,13 +201,14 @@ def quantize(
             overrides=overrides or None,
             output=output,
             frontend=fe_info.name,
-            backend_options=_parse_algorithm("backend:" + ",".join(backend_options))[1],
+            frontend_options=fe_options,
+            backend_options=_options(backend_options, "--backend-option"),
             batch_size=batch_size,
             registry=registry,
             progress=not ctx.obj["quiet"] and not as_json,
         )
         saved = result.recipe.save(recipe_out) if recipe_out is not None else None
-    except (ValueError, TypeError, LookupError, RuntimeError, OSError) as exc:
+    except _user_errors() as exc:
         _fail(exc)
         return
     if as_json:
@@ -253,7 +277,7 @@ def targets(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def algorithms(as_json: bool) -> None:
     """List algorithms by stage, with availability."""
-    from .components import STAGE_ORDER
+    from .api.components import STAGE_ORDER
 
     registry = _registry()
     rows = []
@@ -289,7 +313,7 @@ def demo(calibrator: str, seed: int) -> None:
 
     try:
         rows = run_demo(seed=seed, calibrator=calibrator)
-    except (RuntimeError, ValueError, LookupError) as exc:
+    except _user_errors() as exc:
         _fail(exc)
         return
     click.echo(

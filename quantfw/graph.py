@@ -129,9 +129,11 @@ class QuantGraph:
     :param initializers: constant tensors by name (numpy views where the frontend can).
     :param name: the model's name, for messages and provenance.
     :param input_shapes: known input shapes (``None`` or a string for a free dimension).
-    :param source: a frontend-private handle on the model the graph was captured from (e.g. the
-        prepared ONNX model), for the same frontend's ``collect``/``simulate`` and its backends.
-        Never serialized.
+    :param source: a frontend-private handle on the model the graph was captured from, for the
+        same frontend's ``collect``/``simulate`` only.  Never serialized.
+    :param forms: the model this graph describes in each format whose tensor names the graph
+        uses (``{"onnx": prepared ModelProto}``): what a backend lowering that format receives
+        (:meth:`quantfw.plugins.Registry.model_in`).  Set by the frontend; never serialized.
     """
 
     nodes: list[Node]
@@ -141,6 +143,7 @@ class QuantGraph:
     name: str = "model"
     input_shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     source: Any = field(default=None, repr=False, compare=False)
+    forms: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -20,7 +20,7 @@ import numpy as np
 
 from .graph import GraphError, Node, OpKind, QuantGraph
 
-__all__ = ["run_graph", "supported_ops", "erf"]
+__all__ = ["run_graph", "supported_ops", "layer_output", "erf"]
 
 TensorHook = Callable[[str, np.ndarray], np.ndarray]
 InputHook = Callable[[Node, str, np.ndarray], np.ndarray]
@@ -123,6 +123,18 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
 def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: Mapping) -> np.ndarray:
     y = x @ (w.T if int(attrs.get("channel_axis", 0)) == 0 else w)
     return y + b if b is not None else y
+
+
+def layer_output(
+    node: Node, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
+) -> np.ndarray:
+    """The float output of a weighted ``linear`` or ``conv`` node on input ``x`` with the given
+    weight and bias (the node's own attributes give the layout, stride, padding, groups)."""
+    if node.op is OpKind.LINEAR:
+        return _linear(x, weight, bias, node.attrs)
+    if node.op is OpKind.CONV:
+        return _conv2d(x, weight, bias, node.attrs)
+    raise GraphError(f"node {node.name!r}: layer_output computes linear and conv, not {node.op.value}")
 
 
 def _eval(node: Node, args: list[np.ndarray], wt: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -47,8 +47,8 @@ __all__ = [
     "broadcast_params",
     "param_shape",
     "quantization_error",
-    "fake_quantize_smoothed",
-    "smoothing_multiplier",
+    "equalize",
+    "equalization_multiplier",
 ]
 
 _F32 = np.float32
@@ -397,19 +397,18 @@ def quantization_error(
 
 
 # ---------------------------------------------------------------------------------------------
-# smoothing (SmoothQuant-style per-channel input scaling)
+# equalisation (per-channel rescaling of an activation on its consumers' edges)
 # ---------------------------------------------------------------------------------------------
-def smoothing_multiplier(smooth: Any) -> np.ndarray:
-    """``1 / smooth`` in float32: what a smoothed activation is multiplied by before it is
-    quantized (a multiply is cheaper than a divide at run time; both sides use these bits)."""
-    s = np.asarray(smooth, dtype=_F32)
+def equalization_multiplier(scale: Any) -> np.ndarray:
+    """``1 / scale`` in float32: what an equalised activation is multiplied by on its consumers'
+    edges (a multiply is cheaper than a divide at run time; every backend uses these bits)."""
+    s = np.asarray(scale, dtype=_F32)
     if s.ndim != 1 or s.size == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0):
-        raise ValueError("smoothing factors must be a 1-D array of finite positive values")
+        raise ValueError("equalisation factors must be a 1-D array of finite positive values")
     return (_F32(1.0) / s).astype(_F32)
 
 
-def fake_quantize_smoothed(x: Any, params: QuantParams, spec: QuantSpec, smooth: Any) -> np.ndarray:
-    """What the consumers of a smoothed activation see: ``x * (1 / smooth)`` (float32, one
-    factor per channel of the last axis; their weights were multiplied by ``smooth``), then
-    quantized per tensor with ``params``, float32."""
-    return fake_quantize(_as_array(x).astype(_F32) * smoothing_multiplier(smooth), params, spec)
+def equalize(x: Any, scale: Any) -> np.ndarray:
+    """What an equalised consumer reads: ``x * (1 / scale)`` in float32, one factor per channel
+    of the last axis (see :class:`quantfw.recipe.Equalization`)."""
+    return _as_array(x).astype(_F32) * equalization_multiplier(scale)

@@ -5,27 +5,36 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import __version__
+from .api.components import STAGE_ORDER, AlgorithmInfo, Artifact, Batch, Stage
+from .api.context import StageContext
+from .api.formats import install_hint_for
+from .api.protocols import AdaptsCalibration, BindsInputs, Frontend
 from .calibration import CalibrationData
-from .components import STAGE_ORDER, AlgorithmInfo, Artifact, Batch, Frontend, Stage
+from .errors import UnavailableError
 from .graph import QuantGraph
 from .planner import Overrides, QuantPlan, plan
 from .recipe import Recipe
 from .summary import Summary
+from .version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plugins.registry import Registry
+    from .progress import Reporter
+    from .target import TargetSpec
 
 __all__ = [
     "quantize",
-    "StageContext",
     "QuantizationResult",
     "AlgorithmChoice",
+    "AlgorithmChoices",
     "DEFAULT_ALGORITHMS",
     "lower",
 ]
@@ -40,66 +49,10 @@ DEFAULT_ALGORITHMS: dict[Stage, str] = {
     Stage.ROUND: "nearest",
 }
 
+#: One algorithm: its name, or ``(name, options)``.
 AlgorithmChoice = str | tuple[str, Mapping[str, Any]]
-
-
-@dataclass
-class StageContext:
-    """What an algorithm sees and changes while it runs.
-
-    :ivar model: the user's model object.
-    :ivar frontend: the frontend working object; ``frontend_name`` its registered name.
-    :ivar graph: the captured graph; transforms replace initializers through :meth:`set_weight`.
-    :ivar plan: which tensors get which spec.
-    :ivar target: the TargetSpec.
-    :ivar recipe: filled in by the stages.
-    :ivar calibration: validated batches, or ``None`` when none were given.
-    :ivar options: free-form options from ``quantize(..., options=...)``.
-    :ivar smoothing: activation name → per-channel divisors chosen by a transform (SmoothQuant);
-        the calibrate stage observes ``x / smoothing[x]`` and records it in the recipe.
-    """
-
-    model: object
-    frontend: Frontend
-    frontend_name: str
-    graph: QuantGraph
-    plan: QuantPlan
-    target: Any
-    recipe: Recipe
-    calibration: CalibrationData | None
-    progress: Callable[[str, int, int | None], None] = lambda task, done, total: None
-    options: dict[str, Any] = field(default_factory=dict)
-    smoothing: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def weight(self, name: str) -> np.ndarray:
-        """Current value of an initializer (a rewritten one if a transform changed it)."""
-        if name in self.recipe.weights:
-            return self.recipe.weights[name]
-        return self.graph.initializers[name]
-
-    def set_weight(self, name: str, value: np.ndarray) -> None:
-        """Replace an initializer of the float model (bn folding, equalisation): calibration runs
-        see it, and the recipe records it so backends use it too.  A rewrite that is only valid
-        together with quantization (SmoothQuant's ``s * W``) goes to ``recipe.weights`` alone."""
-        self.recipe.weights[name] = np.asarray(value)
-        self.graph.initializers[name] = self.recipe.weights[name]
-
-    def collect(self, tensors: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
-        """Run the float model over the calibration data, yielding the requested tensors per batch.
-
-        :raises ValueError: when no calibration data was given.
-        """
-        if self.calibration is None:
-            raise ValueError(
-                f"target {self.plan.target!r} needs calibration data for {len(tensors)} static "
-                "activation tensor(s): pass calibration_data (or --calib), or quantize "
-                "activations dynamically (overrides={'dynamic': True}) where the target allows it"
-            )
-        done = 0
-        for outs in self.frontend.collect(self.model, self.graph, tensors, self.calibration):
-            done += 1
-            self.progress("calibration batches", done, None)
-            yield outs
+#: What ``quantize(algorithms=...)`` takes: one choice, a list of them, or ``{name: options}``.
+AlgorithmChoices = AlgorithmChoice | Iterable[AlgorithmChoice] | Mapping[str, Mapping[str, Any]]
 
 
 @dataclass
@@ -116,11 +69,12 @@ class QuantizationResult:
 
     def simulate(self) -> Callable[[Batch], dict[str, np.ndarray]]:
         """A callable running the model with the recipe applied as fake quantization."""
-        assert self.frontend is not None
+        if self.frontend is None:
+            raise ValueError("this result carries no frontend to simulate with")
         return self.frontend.simulate(self.model, self.graph, self.recipe)
 
 
-def _normalise_algorithms(algorithms: Any) -> list[tuple[str, dict[str, Any]]]:
+def _normalise_algorithms(algorithms: AlgorithmChoices | None) -> list[tuple[str, dict[str, Any]]]:
     if algorithms is None:
         return []
     if isinstance(algorithms, str):
@@ -142,7 +96,7 @@ def _normalise_algorithms(algorithms: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _choose_algorithms(
-    registry: Any, requested: list[tuple[str, dict[str, Any]]], frontend_name: str
+    registry: Registry, requested: list[tuple[str, dict[str, Any]]], frontend_name: str
 ) -> dict[Stage, list[tuple[AlgorithmInfo, dict[str, Any]]]]:
     chosen: dict[Stage, list[tuple[AlgorithmInfo, dict[str, Any]]]] = {s: [] for s in STAGE_ORDER}
     for name, options in requested:
@@ -183,14 +137,15 @@ def quantize(
     calibration_data: Any = None,
     *,
     target: str = "generic",
-    algorithms: Any = None,
+    algorithms: AlgorithmChoices | None = None,
     overrides: Overrides | Mapping[str, Any] | None = None,
     output: str | os.PathLike[str] | None = None,
     frontend: str | None = None,
+    frontend_options: Mapping[str, Any] | None = None,
     backend: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
     batch_size: int = 32,
-    registry: Any = None,
+    registry: Registry | None = None,
     progress: bool = False,
     options: Mapping[str, Any] | None = None,
     example_inputs: Any = None,
@@ -207,13 +162,16 @@ def quantize(
         per-layer bits, dynamic activations).
     :param output: where the backend writes the artifact; without it no artifact is written.
     :param frontend: force a frontend by name instead of asking each whether it accepts ``model``.
-    :param backend: force a backend by name.
+    :param frontend_options: passed to the frontend's factory (e.g. ``{"threads": 2}`` for the
+        ONNX frontend's ONNX Runtime sessions); a new frontend object serves this call only.
+    :param backend: force a backend by name (one of the target's backends).
     :param backend_options: passed to the backend's factory (e.g. ``{"fmt": "qoperator"}`` for
         the ONNX Runtime backend).
     :param batch_size: samples per batch when calibration data is given as whole arrays.
     :param registry: a plugin registry (default: the process-wide one).
     :param progress: show progress bars on stderr.
-    :param options: free-form options the algorithms read (``StageContext.options``).
+    :param options: free-form options the algorithms read (``StageContext.options``; ``engine``
+        and ``device`` choose the compute engine of layer-wise algorithms).
     :param example_inputs: for frontends that trace (torch): the inputs to capture the model
         with — a tensor, a tuple of positional inputs or a dict of keyword inputs.  Without
         them such a frontend traces with the first calibration batch.
@@ -228,22 +186,20 @@ def quantize(
 
     target_spec = registry.target(target)
     fe_info = registry.frontend(frontend) if frontend is not None else registry.frontend_for(model)
-    fe = registry.frontend_object(fe_info.name)
+    fe = registry.make_frontend(fe_info.name, dict(frontend_options or {}))
     if isinstance(model, (str, Path)):
         model_obj = fe.load(Path(model))
     else:
         model_obj = model
-    bind = getattr(fe, "bind", None)
-    if bind is not None:
-        model_obj = bind(
+    if isinstance(fe, BindsInputs):
+        model_obj = fe.bind(
             model_obj, example_inputs=example_inputs, calibration_data=calibration_data
         )
     elif example_inputs is not None:
         raise ValueError(f"the {fe_info.name!r} frontend does not take example_inputs")
     graph = fe.capture(model_obj)
-    adapt = getattr(fe, "calibration_source", None)
-    if adapt is not None and calibration_data is not None:
-        calibration_data = adapt(model_obj, graph, calibration_data)
+    if isinstance(fe, AdaptsCalibration) and calibration_data is not None:
+        calibration_data = fe.calibration_source(model_obj, graph, calibration_data)
 
     ov = (
         overrides
@@ -268,6 +224,7 @@ def quantize(
         calibration=calib,
         progress=reporter.progress,
         options=dict(options or {}),
+        engines=lambda name, device, autograd: registry.engine(name, device, autograd=autograd),
     )
 
     timings: dict[str, float] = {}
@@ -286,6 +243,7 @@ def quantize(
     ]
     if missing:
         raise RuntimeError(f"the pipeline left tensors without parameters: {missing[:10]}")
+    recipe.check()
 
     recipe.provenance.update(
         {
@@ -303,7 +261,7 @@ def quantize(
     )
 
     artifact, backend_note, lower_s = lower(
-        registry, target_spec, model_obj, graph, recipe, output,
+        registry, target_spec, graph, recipe, output,
         backend=backend, backend_options=backend_options, reporter=reporter, ctx=ctx,
         inputs=[model] if isinstance(model, (str, Path)) else [],
     )  # fmt: skip
@@ -323,41 +281,62 @@ def quantize(
     return QuantizationResult(recipe, artifact, summary, graph, qplan, model_obj, fe)
 
 
+def _backend_note(registry: Registry, spec: TargetSpec, backends: list, usable: list) -> str:
+    if usable:
+        return ""
+    missing = registry.missing_backends(spec)
+    if not backends and not missing:
+        return f"target {spec.name!r} has no backend: simulation only"
+    reasons = [f"{b.name}: {b.availability()[1]}" for b in backends]
+    hint = install_hint_for(spec.artifact)
+    reasons += [
+        f"{name}: no installed plugin provides it{f' ({hint})' if hint else ''}"
+        for name in missing
+    ]
+    return f"no usable backend for {spec.name!r} ({'; '.join(reasons)})"
+
+
 def lower(
-    registry: Any,
-    target_spec: Any,
-    model_obj: object,
+    registry: Registry,
+    target_spec: TargetSpec,
     graph: QuantGraph,
     recipe: Recipe,
     output: str | os.PathLike[str] | None,
     *,
     backend: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
-    reporter: Any = None,
-    ctx: Any = None,
-    inputs: Sequence[Any] = (),
+    reporter: Reporter | None = None,
+    ctx: StageContext | None = None,
+    inputs: Sequence[str | os.PathLike[str]] = (),
 ) -> tuple[Artifact | None, str, dict[str, float]]:
     """Pick the target's backend and, when ``output`` is given, write the artifact.
 
+    The backend is the first usable one of :meth:`Registry.backends_for
+    <quantfw.plugins.Registry.backends_for>` (or ``backend``), and it receives the captured
+    model in a format it accepts (:meth:`Registry.model_in <quantfw.plugins.Registry.model_in>`)
+    and the target spec.
+
     :returns: ``(artifact or None, a note for the summary, {"lower:<backend>": seconds})``.
     :raises ValueError: an unknown backend or options it rejects.
-    :raises RuntimeError: ``output`` given but no backend usable here.
+    :raises UnavailableError: ``output`` given but no backend usable here, or the model cannot
+        be had in a format the backend lowers.
     """
-    artifact, backend_note, timings = None, "", {}
-    backends = registry.backends_for(target_spec.name)
+    artifact, timings = None, {}
+    backends = registry.backends_for(target_spec)
     if backend is not None:
-        backends = [b for b in backends if b.name == backend]
-        if not backends:
-            raise ValueError(f"backend {backend!r} does not lower to target {target_spec.name!r}")
+        chosen = [b for b in backends if b.name == backend]
+        if not chosen:
+            names = ", ".join(b.name for b in backends) or "none installed"
+            raise ValueError(
+                f"backend {backend!r} does not lower target {target_spec.name!r}; its backends: "
+                f"{names}"
+            )
+        backends = chosen
     usable = [b for b in backends if b.availability()[0]]
-    if not backends:
-        backend_note = f"target {target_spec.name!r} has no backend: simulation only"
-    elif not usable:
-        reasons = "; ".join(f"{b.name}: {b.availability()[1]}" for b in backends)
-        backend_note = f"no usable backend for {target_spec.name!r} ({reasons})"
+    backend_note = _backend_note(registry, target_spec, backends, usable)
     if output is not None:
         if not usable:
-            raise RuntimeError(f"cannot write {output}: {backend_note}")
+            raise UnavailableError(f"cannot write {output}: {backend_note}")
         from .fileio import check_not_input
 
         if inputs:
@@ -367,9 +346,10 @@ def lower(
             lowering = be.factory(**dict(backend_options or {}))
         except TypeError as exc:
             raise ValueError(f"backend {be.name!r} rejected backend_options: {exc}") from None
+        _, source = registry.model_in(be.accepts, graph)
         t0 = time.perf_counter()
         with reporter.stage("lower", be.name, ctx) if reporter is not None else nullcontext():
-            artifact = lowering.lower(model_obj, graph, recipe, Path(output))
+            artifact = lowering.lower(source, graph, recipe, Path(output), target=target_spec)
         timings[f"lower:{be.name}"] = time.perf_counter() - t0
         backend_note = f"{be.name} wrote {artifact.path}"
     elif usable:

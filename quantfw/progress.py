@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .components import Stage
+from .api.components import Stage
 
 __all__ = ["Reporter", "Timer"]
 

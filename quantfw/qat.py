@@ -11,7 +11,7 @@ algorithm) to initialise the scales, then asks the model's frontend for a traina
 fake quantization on exactly the tensors the plan quantizes.  :func:`convert` asks the frontend
 for the trained weights and scales, writes them into a Recipe and lowers it with the target's
 backend, like :func:`quantfw.quantize` does.  The core imports no framework: a frontend supports
-QAT by implementing ``qat_prepare(result, **options)`` and ``qat_recipe(model)`` (the torch
+QAT by implementing the :class:`~quantfw.api.protocols.SupportsQAT` capability (the torch
 frontend does; see :mod:`quantfw_torch.qat`).
 """
 
@@ -20,10 +20,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .api.protocols import SupportsQAT
 from .pipeline import QuantizationResult, lower, quantize
 from .summary import Summary
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plugins.registry import Registry
 
 __all__ = ["prepare", "convert"]
 
@@ -32,11 +36,16 @@ __all__ = ["prepare", "convert"]
 _STATE = "quantfw_state"
 
 
-def _frontend_of(registry: Any, result: QuantizationResult) -> Any:
+def _frontend_of(registry: Registry, result: QuantizationResult) -> SupportsQAT:
     fe = result.frontend
-    if fe is None or not hasattr(fe, "qat_prepare") or not hasattr(fe, "qat_recipe"):
-        name = getattr(fe, "name", type(fe).__name__)
-        qat = [n for n in registry.frontends if hasattr(registry.frontend_object(n), "qat_prepare")]
+    if not isinstance(fe, SupportsQAT):
+        name = result.recipe.provenance.get("frontend", type(fe).__name__)
+        qat = [
+            n
+            for n in registry.frontends
+            if registry.availability("frontend", n)[0]
+            and isinstance(registry.frontend_object(n), SupportsQAT)
+        ]
         raise ValueError(
             f"the {name!r} frontend does not support quantization-aware training; frontends "
             f'that do: {qat or "none installed"} (torch: pip install "quantfw[torch]")'
@@ -53,8 +62,9 @@ def prepare(
     overrides: Any = None,
     example_inputs: Any = None,
     learn_scales: bool = False,
-    registry: Any = None,
+    registry: Registry | None = None,
     frontend: str | None = None,
+    frontend_options: Mapping[str, Any] | None = None,
     batch_size: int = 32,
     **options: Any,
 ) -> Any:
@@ -85,6 +95,7 @@ def prepare(
         example_inputs=example_inputs,
         registry=registry,
         frontend=frontend,
+        frontend_options=frontend_options,
         batch_size=batch_size,
     )
     fe = _frontend_of(registry, result)
@@ -97,7 +108,7 @@ def convert(
     output: str | os.PathLike[str] | None = None,
     backend: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
-    registry: Any = None,
+    registry: Registry | None = None,
 ) -> QuantizationResult:
     """The trained model's Recipe (weights, scales, int32 biases) and, with ``output``, the
     target's artifact — the same result :func:`quantize` gives.
@@ -120,7 +131,6 @@ def convert(
     artifact, note, timings = lower(
         registry,
         target_spec,
-        start.model,
         start.graph,
         recipe,
         output,
@@ -132,7 +142,7 @@ def convert(
         plan=start.plan,
         recipe=recipe,
         target=target_spec,
-        frontend=getattr(fe, "name", "?"),
+        frontend=start.recipe.provenance.get("frontend", "?"),
         timings=timings,
         backend_note=note,
         artifact=artifact,

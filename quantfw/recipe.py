@@ -1,8 +1,9 @@
 """The Recipe: every quantization decision and number, ready for any backend.
 
 On disk a recipe is two files side by side: ``NAME.json`` (specs, shapes, decisions, provenance —
-small and diffable) and ``NAME.safetensors`` (scales, zero points and rewritten weights).  Nothing
-is pickled.  ``Recipe.load`` refuses files written by a newer schema version.
+small and diffable) and ``NAME.safetensors`` (scales, zero points, equalisation factors and
+rewritten weights).  Nothing is pickled.  ``Recipe.load`` reads every older schema version and
+refuses files written by a newer one.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import numpy as np
 from .fileio import atomic_write_bytes, atomic_write_text
 from .spec import QuantParams, QuantSpec
 
-__all__ = ["SCHEMA_VERSION", "Recipe", "TensorRecipe", "RecipeError"]
+__all__ = ["SCHEMA_VERSION", "Recipe", "TensorRecipe", "Equalization", "RecipeError"]
 
-#: Version of the on-disk format.  Bump on any incompatible change.
-SCHEMA_VERSION = 1
+#: Version of the on-disk format.  Bump on any incompatible change.  Version 2 records
+#: SmoothQuant's per-activation ``smooth`` factors of version 1 as :class:`Equalization` entries.
+SCHEMA_VERSION = 2
 
 _ROLES = ("activation", "weight", "bias")
 
@@ -43,10 +45,9 @@ class TensorRecipe:
     :param share_group: tensors of the same group carry identical params.
     :param consumers: ``None`` when every reader sees the quantized value (the tensor is stored
         quantized); otherwise the names of the graph nodes that read it quantized, while other
-        readers keep the float value (Q/DQ on those edges only).
-    :param smooth: per-channel divisors (last axis) for a smoothed activation: its consumers read
-        ``x / smooth`` quantized with ``params`` and their weights were multiplied by ``smooth``
-        (see :func:`quantfw.numerics.fake_quantize_smoothed`).
+        readers keep the float value (Q/DQ on those edges only).  When the recipe equalises the
+        tensor (:class:`Equalization`), these are exactly the equalised consumers and ``params``
+        describe the rescaled value.
     """
 
     name: str
@@ -57,22 +58,8 @@ class TensorRecipe:
     shape: tuple[int, ...] | None = None
     share_group: str | None = None
     consumers: tuple[str, ...] | None = None
-    smooth: np.ndarray | None = field(default=None, compare=False)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, TensorRecipe):
-            return NotImplemented
-        same_smooth = (self.smooth is None) == (other.smooth is None) and (
-            self.smooth is None or np.array_equal(self.smooth, other.smooth)
-        )
-        return same_smooth and all(
-            getattr(self, f) == getattr(other, f)
-            for f in ("name", "role", "spec", "params", "node", "shape", "share_group", "consumers")
-        )
 
     def __post_init__(self) -> None:
-        if self.smooth is not None:
-            self.smooth = np.asarray(self.smooth, dtype=np.float32)
         if self.consumers is not None:
             self.consumers = tuple(self.consumers)
         if self.role not in _ROLES:
@@ -84,6 +71,52 @@ class TensorRecipe:
 
 
 @dataclass
+class Equalization:
+    """A per-channel rescaling of one activation for some of its readers.
+
+    The nodes in ``consumers`` compute with ``x * (1 / scale)`` (one factor per channel of the
+    last axis, the float32 multiplier of :func:`quantfw.numerics.equalization_multiplier`)
+    instead of ``x``, and their weights were multiplied by ``scale`` along their input-channel
+    axis (in ``Recipe.weights``), so the float product is unchanged while what gets quantized is
+    not: SmoothQuant moves activation outliers into the weights this way, AWQ protects a weight's
+    salient input channels.  Backends apply it as one elementwise multiply on those edges (in
+    front of the quantizer where the activation is quantized there).  A rescaling that can be
+    folded into the producer's own weights (cross-layer equalisation) needs no record: it is a
+    rewrite of both layers' weights.
+
+    :param tensor: the activation's name.
+    :param scale: positive, finite divisors, one per channel of the last axis (float32).
+    :param consumers: the graph nodes that read the rescaled value.
+    :param source: the algorithm that chose it (``"smoothquant"``), for provenance.
+    """
+
+    tensor: str
+    scale: np.ndarray
+    consumers: tuple[str, ...]
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self.scale = np.asarray(self.scale, dtype=np.float32)
+        self.consumers = tuple(self.consumers)
+        if self.scale.ndim != 1 or not np.all(np.isfinite(self.scale)) or np.any(self.scale <= 0):
+            raise RecipeError(
+                f"equalisation of {self.tensor!r}: the scale must be a 1-D array of finite "
+                "positive values"
+            )
+        if not self.consumers:
+            raise RecipeError(f"equalisation of {self.tensor!r} names no consumer")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Equalization):
+            return NotImplemented
+        return (
+            (self.tensor, self.consumers, self.source)
+            == (other.tensor, other.consumers, other.source)
+            and np.array_equal(self.scale, other.scale)
+        )
+
+
+@dataclass
 class Recipe:
     """The result of a quantization run.
 
@@ -91,6 +124,8 @@ class Recipe:
     :param tensors: tensor name → :class:`TensorRecipe`.
     :param weights: rewritten float weights by initializer name (bn folding, equalisation,
         learned rounding); backends use them in place of the model's own.
+    :param equalizations: activation name → :class:`Equalization` (per-channel rescalings on
+        some of its readers' edges).
     :param decisions: per node ``{"node", "op", "quantized", "reason"}``, from the plan.
     :param provenance: target, algorithms, calibration size, versions, …
     """
@@ -100,10 +135,34 @@ class Recipe:
     weights: dict[str, np.ndarray] = field(default_factory=dict)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     provenance: dict[str, Any] = field(default_factory=dict)
+    equalizations: dict[str, Equalization] = field(default_factory=dict)
 
     # -- convenience ---------------------------------------------------------------------------
     def add(self, tensor: TensorRecipe) -> None:
         self.tensors[tensor.name] = tensor
+
+    def equalization_for(self, tensor: str, consumer: str) -> Equalization | None:
+        """The equalisation ``consumer`` reads ``tensor`` through, if any."""
+        eq = self.equalizations.get(tensor)
+        return eq if eq is not None and consumer in eq.consumers else None
+
+    def check(self) -> None:
+        """Check that the entries fit together.
+
+        :raises RecipeError: an equalised activation that is quantized for readers other than
+            exactly its equalised consumers (its parameters could not describe both values).
+        """
+        for name, eq in self.equalizations.items():
+            t = self.tensors.get(name)
+            if t is None or t.role != "activation":
+                continue
+            if t.consumers is None or set(t.consumers) != set(eq.consumers):
+                readers = "every reader" if t.consumers is None else sorted(t.consumers)
+                raise RecipeError(
+                    f"activation {name!r} is equalised for {sorted(eq.consumers)} but quantized "
+                    f"for {readers}; an equalised activation must be quantized on exactly its "
+                    "equalised consumers' edges"
+                )
 
     def of_role(self, role: str) -> dict[str, TensorRecipe]:
         return {k: v for k, v in self.tensors.items() if v.role == role}
@@ -122,6 +181,7 @@ class Recipe:
             )
             and self.decisions == other.decisions
             and self.provenance == other.provenance
+            and self.equalizations == other.equalizations
         )
 
     # -- persistence ---------------------------------------------------------------------------
@@ -151,9 +211,6 @@ class Recipe:
                 entry["zero_point"] = f"params/{name}/zero_point"
                 arrays[entry["scale"]] = np.array(t.params.scale, order="C")
                 arrays[entry["zero_point"]] = np.array(t.params.zero_point, order="C")
-                if t.smooth is not None:
-                    entry["smooth"] = f"params/{name}/smooth"
-                    arrays[entry["smooth"]] = np.array(t.smooth, order="C")
                 if t.params.scale.size <= 4:  # readable in a diff
                     entry["scale_values"] = [float(v) for v in t.params.scale.ravel()]
                     entry["zero_point_values"] = [int(v) for v in t.params.zero_point.ravel()]
@@ -163,6 +220,15 @@ class Recipe:
             key = f"weights/{name}"
             arrays[key] = np.array(w, order="C")
             weights[name] = {"array": key, "shape": list(w.shape), "dtype": str(w.dtype)}
+        equalizations = {}
+        for name, eq in self.equalizations.items():
+            key = f"equalizations/{name}/scale"
+            arrays[key] = np.array(eq.scale, order="C")
+            equalizations[name] = {
+                "scale": key,
+                "consumers": list(eq.consumers),
+                "source": eq.source,
+            }
         doc = {
             "schema_version": SCHEMA_VERSION,
             "format": "quantfw-recipe",
@@ -170,6 +236,7 @@ class Recipe:
             "provenance": self.provenance,
             "tensors": tensors,
             "weights": weights,
+            "equalizations": equalizations,
             "decisions": self.decisions,
         }
         return doc, arrays
@@ -252,8 +319,15 @@ class Recipe:
                         shape=tuple(entry["shape"]) if "shape" in entry else None,
                         share_group=entry.get("share_group"),
                         consumers=entry.get("consumers"),
-                        smooth=array(entry["smooth"]) if "smooth" in entry else None,
                     )
+                )
+                if "smooth" in entry:  # schema 1: SmoothQuant's factors lived on the tensor
+                    recipe.equalizations[name] = Equalization(
+                        name, array(entry["smooth"]), entry.get("consumers") or (), "smoothquant"
+                    )
+            for name, entry in doc.get("equalizations", {}).items():
+                recipe.equalizations[name] = Equalization(
+                    name, array(entry["scale"]), entry["consumers"], entry.get("source", "")
                 )
             for name, entry in doc.get("weights", {}).items():
                 w = array(entry["array"])
@@ -263,6 +337,7 @@ class Recipe:
                         f"file but {entry['shape']} in the JSON"
                     )
                 recipe.weights[name] = w
+            recipe.check()
         except KeyError as exc:
             raise RecipeError(f"{json_path}: missing key {exc}") from None
         except ValueError as exc:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .graph import Node, QuantGraph
 from .interpreter import InputHook, TensorHook
-from .numerics import dequantize, fake_quantize, fake_quantize_smoothed, quantize_dynamic
+from .numerics import dequantize, equalize, fake_quantize, quantize_dynamic
 from .recipe import Recipe, TensorRecipe
 
 __all__ = ["simulated_weights", "activation_hooks", "reference_runner"]
@@ -43,8 +43,9 @@ def simulated_weights(graph: QuantGraph, recipe: Recipe) -> dict[str, np.ndarray
 def activation_hooks(recipe: Recipe) -> tuple[TensorHook, InputHook]:
     """Hooks for :func:`quantfw.interpreter.run_graph` that fake-quantize the recipe's
     activations: ``on_tensor`` for tensors stored quantized (every reader sees the quantized
-    value), ``on_input`` for tensors quantized on their consumers' edges only.  Dynamic specs
-    are quantized from each value itself, as the runtime would."""
+    value), ``on_input`` for tensors quantized on their consumers' edges only, after the
+    recipe's equalisation of that edge if it has one.  Dynamic specs are quantized from each
+    value itself, as the runtime would."""
     acts: Mapping[str, TensorRecipe] = recipe.of_role("activation")
 
     def fq(t: TensorRecipe, value: np.ndarray) -> np.ndarray:
@@ -53,8 +54,6 @@ def activation_hooks(recipe: Recipe) -> tuple[TensorHook, InputHook]:
         if t.spec.dynamic:
             q, params = quantize_dynamic(value, t.spec)
             return dequantize(q, params, t.spec)
-        if t.smooth is not None:
-            return fake_quantize_smoothed(value, t.params, t.spec, t.smooth)
         return fake_quantize(value, t.params, t.spec)
 
     def on_tensor(name: str, value: np.ndarray) -> np.ndarray:
@@ -62,6 +61,9 @@ def activation_hooks(recipe: Recipe) -> tuple[TensorHook, InputHook]:
         return value if t is None or t.consumers is not None else fq(t, value)
 
     def on_input(node: Node, name: str, value: np.ndarray) -> np.ndarray:
+        eq = recipe.equalization_for(name, node.name)
+        if eq is not None and value.dtype.kind == "f":
+            value = equalize(value, eq.scale)
         t = acts.get(name)
         if t is None or t.consumers is None or node.name not in t.consumers:
             return value

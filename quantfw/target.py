@@ -23,6 +23,10 @@ Top level
 ``artifact`` *
     What the backend writes: a lower-case format name; the core knows :data:`ARTIFACT_KINDS`
     (``none`` for simulation only, ``onnx``, ``tflite``, ``engine``), plugins may name others.
+``backends``
+    The backends that lower this target, in order of preference (``["onnxruntime"]``): the
+    target chooses them, so a third-party target can use any installed backend.  Without it,
+    every backend that writes the ``artifact`` format serves the target.
 
 ``[requires]`` — how to tell whether this machine can run the target (all optional)
 
@@ -415,6 +419,7 @@ class TargetSpec:
     dynamic: DynamicRule = field(default_factory=DynamicRule)
     allowed: Allowed = field(default_factory=Allowed)
     fusions: tuple[tuple[OpKind, ...], ...] = ()
+    backends: tuple[str, ...] = ()
     source: str = "<dict>"
 
     # -- construction --------------------------------------------------------------------------
@@ -506,6 +511,7 @@ class TargetSpec:
             "description": self.description,
             "simulation_only": self.simulation_only,
             "artifact": self.artifact,
+            "backends": list(self.backends),
             "requires": {
                 "cpu_flags": list(self.requires.cpu_flags),
                 "cpu_flags_any": list(self.requires.cpu_flags_any),
@@ -603,6 +609,7 @@ _TOP_KEYS = (
     "description",
     "simulation_only",
     "artifact",
+    "backends",
     "requires",
     "weight",
     "activation",
@@ -753,6 +760,7 @@ class _Parser:
         dynamic = self.dynamic(data.get("dynamic", {}), ops)
         allowed = self.allowed(data.get("allowed", {}))
         fusions = self.fusions(data.get("fusions", []), ops)
+        backends = tuple(self.names(data.get("backends", []), "backends", "a backend name"))
         spec = TargetSpec(
             name=name,
             artifact=artifact,
@@ -766,10 +774,20 @@ class _Parser:
             dynamic=dynamic,
             allowed=allowed,
             fusions=fusions,
+            backends=backends,
             source=self.source,
         )
         self.check_defaults_allowed(spec)
         return spec
+
+    def names(self, value: Any, key: str, what: str) -> list[str]:
+        items = self.array(value, key)
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or not _NAME_RE.match(item):
+                raise self.bad(
+                    f"{key}[{i}]", item, what, "lower-case letters, digits, '_', '-', '.'"
+                )
+        return items
 
     def requires(self, value: Any) -> Requirements:
         tbl = self.table(value, "requires", _REQUIRES_KEYS)

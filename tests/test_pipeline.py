@@ -8,7 +8,7 @@ import pytest
 
 import quantfw
 from quantfw import AlgorithmInfo, BackendInfo, Node, QuantGraph, Stage
-from quantfw.components import Artifact
+from quantfw.api import Artifact
 from quantfw.demo import digits_split, train_digits_mlp
 from quantfw.numerics import dequantize, fake_quantize, quantize
 from quantfw.plugins import make_plugin_manager, use_plugin_manager
@@ -186,11 +186,13 @@ class _ToyBackend:
 
     @quantfw.hookimpl
     def quantfw_register_backends(self, register):
-        register(BackendInfo("toy", ("toy-int8",), _ToyLowering, artifact_format="npz"))
+        # lowers from the QuantGraph itself ("qgraph"): every captured model has that form
+        register(BackendInfo("toy", _ToyLowering, artifact_format="npz", accepts=("qgraph",)))
 
 
 class _ToyLowering:
-    def lower(self, model, graph, recipe, output):
+    def lower(self, model, graph, recipe, output, *, target=None):
+        assert model is graph and target.name == "toy-int8"
         import io
 
         from quantfw.fileio import atomic_write_bytes

@@ -19,9 +19,9 @@ import pluggy
 import pytest
 
 import quantfw.builtins
-from quantfw import hookspecs
-from quantfw.components import AlgorithmInfo, BackendInfo, FrontendInfo, Stage
-from quantfw.hookspecs import StageEvent, hookimpl
+from quantfw.api import hookspecs
+from quantfw.api import AlgorithmInfo, BackendInfo, FrontendInfo, Stage
+from quantfw.api import StageEvent, hookimpl
 from quantfw.plugins import (
     DEFAULT_PLUGINS,
     DISABLE_ENV_VAR,
@@ -73,8 +73,8 @@ quantize = ["conv", "linear"]
 def good_source(prefix: str) -> str:
     """A plugin module registering ``<prefix>-frontend`` and ``<prefix>-algo``."""
     return f"""
-        from quantfw.components import AlgorithmInfo, FrontendInfo, Stage
-        from quantfw.hookspecs import hookimpl
+        from quantfw.api import AlgorithmInfo, FrontendInfo, Stage
+        from quantfw.api import hookimpl
 
         class Reader:
             def accepts(self, model):
@@ -159,6 +159,8 @@ def test_every_hook_is_documented_with_its_parameters() -> None:
         "quantfw_register_algorithms",
         "quantfw_register_targets",
         "quantfw_register_backends",
+        "quantfw_register_converters",
+        "quantfw_register_engines",
         "quantfw_on_stage",
         "quantfw_on_progress",
     }
@@ -220,11 +222,12 @@ def test_throwaway_plugin_class(quantfw_plugin_manager: QuantfwPluginManager) ->
     class Throwaway:
         @hookimpl
         def quantfw_register_backends(self, register):
-            register(BackendInfo("throwaway-backend", ("generic",), object))
+            register(BackendInfo("throwaway-backend", object, artifact_format="none"))
 
     quantfw_plugin_manager.register(Throwaway(), name="throwaway")
     registry = get_registry()  # the fixture made its manager the process-wide one
     assert registry.origin("backend", "throwaway-backend") == "throwaway"
+    # generic names no backends: every backend writing its artifact format ("none") serves it
     assert [b.name for b in registry.backends_for("generic")] == ["throwaway-backend"]
     report = registry.report("throwaway")
     assert report.registers == {"backend": ["throwaway-backend"]}
@@ -294,8 +297,8 @@ def test_plugin_whose_hook_raises_is_reported(install, caplog) -> None:
         "raiseplug",
         "raiseplug_mod",
         """
-        from quantfw.components import AlgorithmInfo
-        from quantfw.hookspecs import hookimpl
+        from quantfw.api import AlgorithmInfo
+        from quantfw.api import hookimpl
 
         @hookimpl
         def quantfw_register_algorithms(register):
@@ -453,7 +456,7 @@ def test_misspelt_hook_in_installed_plugin_is_reported(install) -> None:
         "typoplug",
         "typoplug_mod",
         """
-        from quantfw.hookspecs import hookimpl
+        from quantfw.api import hookimpl
 
         @hookimpl
         def quantfw_register_frontend(register):
@@ -474,7 +477,7 @@ def test_hook_with_unknown_argument_is_reported(install) -> None:
         "argplug",
         "argplug_mod",
         """
-        from quantfw.hookspecs import hookimpl
+        from quantfw.api import hookimpl
 
         @hookimpl
         def quantfw_register_backends(register, extra):
@@ -564,18 +567,38 @@ def test_frontend_for_explains_who_was_asked(quantfw_registry_with) -> None:
 
 
 def test_backends_for_a_target(quantfw_registry_with) -> None:
+    """A target chooses its backends: the ones it names, in its order, or else every backend
+    that writes its artifact format."""
+
     class Backends:
         @hookimpl
         def quantfw_register_backends(self, register):
-            register(BackendInfo("sim-backend", ("generic",), object))
-            register(BackendInfo("xyz-backend", ("generic",), object, requires=("no_such_xyz",)))
+            register(BackendInfo("sim-backend", object, artifact_format="onnx"))
+            register(
+                BackendInfo("xyz-backend", object, artifact_format="onnx", requires=("no_such_xyz",))
+            )
+            register(BackendInfo("lite-backend", object, artifact_format="tflite"))
+
+        @hookimpl
+        def quantfw_register_targets(self, register):
+            register(TargetSpec.from_dict(MINIMAL_TARGET))  # artifact onnx, no backends named
+            named = dict(MINIMAL_TARGET, name="picky-target")
+            named["backends"] = ["xyz-backend", "missing-backend", "lite-backend"]
+            register(TargetSpec.from_dict(named))
 
     registry = quantfw_registry_with(Backends())
-    spec = registry.target("generic")
+    spec = registry.target("fake-target")
     assert [b.name for b in registry.backends_for(spec)] == ["sim-backend", "xyz-backend"]
-    assert [b.name for b in registry.backends_for("generic", available_only=True)] == [
+    assert [b.name for b in registry.backends_for("fake-target", available_only=True)] == [
         "sim-backend"
     ]
+    # named backends win over the artifact format, in the target's order of preference
+    assert [b.name for b in registry.backends_for("picky-target")] == [
+        "xyz-backend",
+        "lite-backend",
+    ]
+    assert registry.missing_backends("picky-target") == ["missing-backend"]
+    assert registry.missing_backends("fake-target") == []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -713,8 +736,8 @@ def test_check_plugin_finds_problems(tmp_path) -> None:
     class Twice:
         @hookimpl
         def quantfw_register_backends(self, register):
-            register(BackendInfo("twice", ("generic",), object))
-            register(BackendInfo("twice", ("generic",), object))
+            register(BackendInfo("twice", object, artifact_format="onnx"))
+            register(BackendInfo("twice", object, artifact_format="onnx"))
 
     class Wrapper:
         @hookimpl(wrapper=True)

@@ -79,17 +79,18 @@ def test_smoothing_applies_to_shared_linear_input_and_helps():
         )
         auto = quantfw.quantize(g, x, target="edges-sq")  # default: smoothquant alpha=auto
     h = smooth.recipe.tensors["h"]
-    assert h.smooth is not None and h.consumers == ("q", "k")
+    eq = smooth.recipe.equalizations["h"]
+    assert eq.source == "smoothquant" and eq.consumers == ("q", "k") == h.consumers
     # the weights the quantized model uses are W * s along the input axis ((out, in) layout: the
     # columns); the float model's stay as they were
     for w in ("wq", "wk"):
         np.testing.assert_allclose(
-            smooth.recipe.weights[w], g.initializers[w] * h.smooth[None, :], rtol=1e-6
+            smooth.recipe.weights[w], g.initializers[w] * eq.scale[None, :], rtol=1e-6
         )
         assert not np.array_equal(smooth.graph.initializers[w], smooth.recipe.weights[w])
     # simulation, by hand: both projections read fq(h / s) and use fq(s W); the residual reads h
     hf = quantfw.interpreter.run_graph(g, {"x": x}, outputs=["h"])["h"]
-    hq = fake_quantize(hf * (np.float32(1) / h.smooth), h.params, h.spec)
+    hq = fake_quantize(hf * (np.float32(1) / eq.scale), h.params, h.spec)
     r = smooth.recipe.tensors
     yq = hq @ fake_quantize(smooth.recipe.weights["wq"], r["wq"].params, r["wq"].spec).T
     yk = hq @ fake_quantize(smooth.recipe.weights["wk"], r["wk"].params, r["wk"].spec).T
@@ -109,7 +110,7 @@ def test_no_effect_where_every_reader_sees_the_quantized_value():
     rng = np.random.default_rng(1)
     g, x = _outlier_model(rng)
     res = quantfw.quantize(g, x, target="generic")  # quantize_outputs = always
-    assert all(t.smooth is None for t in res.recipe.tensors.values())
+    assert not res.recipe.equalizations
     assert not res.recipe.weights
 
 

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..numerics import compute_qparams, params_from_tensor, smoothing_multiplier
+from ..numerics import compute_qparams, equalize, params_from_tensor
 from ..observers import make_observer
 from ..recipe import TensorRecipe
 from ..spec import Granularity, QuantParams, QuantSpec
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import StageContext
+    from ..api.context import StageContext
 
 __all__ = ["ObserverCalibration", "bias_params", "absmean_params"]
 
@@ -134,10 +134,9 @@ class ObserverCalibration:
         if observers:
             for outs in ctx.collect(list(observers)):
                 for name, value in outs.items():
-                    smooth = ctx.smoothing.get(name)
-                    observers[name].update(
-                        value if smooth is None else value * smoothing_multiplier(smooth)
-                    )
+                    # an equalised activation is quantized as its consumers read it: rescaled
+                    eq = ctx.recipe.equalizations.get(name)
+                    observers[name].update(value if eq is None else equalize(value, eq.scale))
                     shapes[name] = tuple(value.shape)
 
         ranges = {name: obs.compute_range() for name, obs in observers.items()}
@@ -166,7 +165,6 @@ class ObserverCalibration:
                     shape=shapes.get(tp.name),
                     share_group=tp.share_group,
                     consumers=None if tp.all_readers else tp.consumers,
-                    smooth=ctx.smoothing.get(tp.name),
                 )
             )
 

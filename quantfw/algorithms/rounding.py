@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import StageContext
+    from ..api.context import StageContext
 
 __all__ = ["NearestRounding"]
 

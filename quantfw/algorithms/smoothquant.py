@@ -13,8 +13,8 @@ kernel whose requantization the runtime fuses) and read quantized only by its co
 ``linear`` nodes with a 2-D constant weight, reducing over the activation's last axis.  One ``s`` serves all such readers
 (the Q/K/V projections share their input), so they share one set of codes.  Float readers (the
 residual branch) keep reading ``x`` untouched.  At run time the division is one float
-elementwise multiply by ``1 / s`` in front of the activation's quantizer (see
-:func:`quantfw.numerics.fake_quantize_smoothed`); folding it into a per-axis QuantizeLinear
+elementwise multiply by ``1 / s`` in front of the activation's quantizer (the recipe records it
+as a :class:`~quantfw.recipe.Equalization`); folding it into a per-axis QuantizeLinear
 instead measured 5x slower in ONNX Runtime 1.32, whose per-axis quantize kernel is not
 vectorised.
 
@@ -32,7 +32,7 @@ import numpy as np
 from ..graph import OpKind
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import StageContext
+    from ..api.context import StageContext
 
 __all__ = ["SmoothQuant", "smoothing_factors"]
 
@@ -141,13 +141,15 @@ class SmoothQuant:
                 if alpha is None:
                     continue
                 s = smoothing_factors(amax[name], wmax, alpha)
-                ctx.smoothing[name] = s
+                ctx.equalize(name, s, [r.name for r in readers], source="smoothquant")
                 for r, w, red, _ in weights:
                     shape = [1, 1]
                     shape[red] = -1
                     # only the quantized model sees s*W (paired with x/s on the quantized edge):
                     # the float model that calibration runs keeps its own weights
-                    ctx.recipe.weights[r.weights["weight"]] = (w * s.reshape(shape)).astype(w.dtype)
+                    ctx.set_quantized_weight(
+                        r.weights["weight"], (w * s.reshape(shape)).astype(w.dtype)
+                    )
         ctx.recipe.provenance["smoothquant"] = {
             "alpha": self.alpha,
             "chosen": {k: v for k, v in chosen_alpha.items()},

@@ -9,12 +9,14 @@ Typical use::
     frontend = registry.frontend_for(model)
 
 Built-ins (:data:`DEFAULT_PLUGINS`) and third-party plugins (entry-point group ``quantfw``) are
-registered through the same hooks (:mod:`quantfw.hookspecs`).  ``$QUANTFW_DISABLE_PLUGINS`` (and
+registered through the same hooks (:mod:`quantfw.api.hookspecs`).  ``$QUANTFW_DISABLE_PLUGINS`` (and
 the ``disabled=`` argument) stop named plugins from being imported at all.  A plugin that fails
 to import or register is logged and listed as failed; the others keep working.
 """
 
 from .build import REGISTRATION_HOOKS, build_registry, coerce_registration
+from .conformance import check_plugin, plugin_name, protocol_problems
+from .conversions import ConversionError
 from .errors import (
     DuplicateComponentError,
     PluginError,
@@ -42,6 +44,7 @@ __all__ = [
     "REGISTRATION_HOOKS",
     "ComponentStatus",
     "Conflict",
+    "ConversionError",
     "DuplicateComponentError",
     "PluginError",
     "PluginReport",
@@ -51,6 +54,7 @@ __all__ = [
     "UnknownComponentError",
     "build_registry",
     "canonical_name",
+    "check_plugin",
     "coerce_registration",
     "emit_progress",
     "emit_stage",
@@ -58,6 +62,8 @@ __all__ = [
     "get_registry",
     "hook_names",
     "make_plugin_manager",
+    "plugin_name",
+    "protocol_problems",
     "reset_plugin_manager",
     "stage_events",
     "use_plugin_manager",

@@ -16,7 +16,7 @@ from typing import Any
 
 import pluggy
 
-from ..components import AlgorithmInfo, BackendInfo, FrontendInfo
+from ..api.components import AlgorithmInfo, BackendInfo, ConverterInfo, EngineInfo, FrontendInfo
 from .errors import PluginError
 from .manager import QuantfwPluginManager
 from .registry import Registry
@@ -32,12 +32,16 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "algorithm": "quantfw_register_algorithms",
     "target": "quantfw_register_targets",
     "backend": "quantfw_register_backends",
+    "converter": "quantfw_register_converters",
+    "engine": "quantfw_register_engines",
 }
 
 _INFO_TYPES: dict[str, type] = {
     "frontend": FrontendInfo,
     "algorithm": AlgorithmInfo,
     "backend": BackendInfo,
+    "converter": ConverterInfo,
+    "engine": EngineInfo,
 }
 
 
@@ -55,7 +59,7 @@ def coerce_registration(kind: str, obj: Any) -> Any:
         expected = _INFO_TYPES[kind]
         if not isinstance(obj, expected):
             raise TypeError(
-                f"register() for {kind}s takes a quantfw.components.{expected.__name__}, "
+                f"register() for {kind}s takes a quantfw.api.{expected.__name__}, "
                 f"not {type(obj).__name__} ({obj!r:.80})"
             )
         return obj
@@ -169,6 +173,8 @@ def build_registry(pm: QuantfwPluginManager, *, strict: bool = True) -> Registry
         algorithms=tables["algorithm"],
         targets=tables["target"],
         backends=tables["backend"],
+        converters=tables["converter"],
+        engines=tables["engine"],
         origins=origins,
         plugins=list(reports.values()),
         conflicts=conflicts,

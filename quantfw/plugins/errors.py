@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..errors import QuantfwError, UnavailableError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .registry import Registry
     from .reports import Conflict
@@ -16,7 +18,7 @@ __all__ = [
 ]
 
 
-class PluginError(Exception):
+class PluginError(QuantfwError):
     """Base class of plugin problems."""
 
 
@@ -45,5 +47,5 @@ class UnknownComponentError(PluginError, LookupError):
         return str(self.args[0]) if self.args else ""
 
 
-class UnavailableComponentError(PluginError):
+class UnavailableComponentError(PluginError, UnavailableError):
     """The component is registered but cannot be used here (missing module, hardware, …)."""

@@ -14,8 +14,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..components import Stage
-from ..hookspecs import StageEvent, StagePhase
+from ..api.components import Stage
+from ..api.hookspecs import StageEvent, StagePhase
 from .manager import QuantfwPluginManager
 from .reports import describe_plugin
 from .state import get_plugin_manager

@@ -16,8 +16,8 @@ from typing import Any
 
 import pluggy
 
-from .. import hookspecs
-from ..hookspecs import PROJECT_NAME
+from ..api import hookspecs
+from ..api.hookspecs import PROJECT_NAME
 from .reports import PluginReport, canonical_name, describe_plugin, exception_reason
 
 __all__ = [
@@ -48,7 +48,7 @@ def hook_names() -> tuple[str, ...]:
 
 
 def _quantfw_version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 

@@ -1,5 +1,10 @@
 """The registry: every registered component by kind and name, with lookups that explain failures.
 
+Besides lookups by name it answers the questions that connect components: which frontend reads a
+model (:meth:`Registry.frontend_for`), which backends lower a target (the target's choice,
+:meth:`Registry.backends_for`), how to get a model in a format (:meth:`Registry.model_in`,
+:meth:`Registry.convert`) and which compute engine to use (:meth:`Registry.engine`).
+
 Build one with :func:`quantfw.plugins.build_registry` or get the process-wide one with
 :func:`quantfw.plugins.get_registry`.  Components appear in pluggy's call order (``tryfirst``
 plugins first, then the most recently registered plugin first, built-ins last), which is also the
@@ -10,15 +15,26 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..components import AlgorithmInfo, BackendInfo, Frontend, FrontendInfo
+from ..api.components import (
+    AlgorithmInfo,
+    BackendInfo,
+    ConverterInfo,
+    EngineInfo,
+    FrontendInfo,
+)
+from ..api.formats import QGRAPH, install_hint_for
+from .conversions import ConversionError, describe_missing, find_path, run_path
 from .errors import DuplicateComponentError, UnavailableComponentError, UnknownComponentError
 from .reports import KINDS, ComponentStatus, Conflict, PluginReport
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..api.engines import Engine
+    from ..api.protocols import Frontend
+    from ..graph import QuantGraph
     from ..target import TargetSpec
     from .manager import QuantfwPluginManager
 
@@ -42,10 +58,12 @@ def _known(names: Iterable[str]) -> str:
 class Registry:
     """Components registered by the loaded plugins.
 
-    :ivar frontends: frontend name → :class:`~quantfw.components.FrontendInfo`.
-    :ivar algorithms: algorithm name → :class:`~quantfw.components.AlgorithmInfo`.
+    :ivar frontends: frontend name → :class:`~quantfw.api.FrontendInfo`.
+    :ivar algorithms: algorithm name → :class:`~quantfw.api.AlgorithmInfo`.
     :ivar targets: target name → :class:`~quantfw.target.TargetSpec`.
-    :ivar backends: backend name → :class:`~quantfw.components.BackendInfo`.
+    :ivar backends: backend name → :class:`~quantfw.api.BackendInfo`.
+    :ivar converters: converter name → :class:`~quantfw.api.ConverterInfo`.
+    :ivar engines: engine name → :class:`~quantfw.api.EngineInfo`.
     :ivar plugins: one :class:`PluginReport` per plugin: loaded, failed or blocked.
     :ivar conflicts: component names registered twice (the first registration is kept).
     :ivar plugin_manager: the manager it was built from, if any.
@@ -58,6 +76,8 @@ class Registry:
         algorithms: dict[str, AlgorithmInfo] | None = None,
         targets: dict[str, TargetSpec] | None = None,
         backends: dict[str, BackendInfo] | None = None,
+        converters: dict[str, ConverterInfo] | None = None,
+        engines: dict[str, EngineInfo] | None = None,
         origins: dict[tuple[str, str], str] | None = None,
         plugins: list[PluginReport] | None = None,
         conflicts: list[Conflict] | None = None,
@@ -67,11 +87,14 @@ class Registry:
         self.algorithms: dict[str, AlgorithmInfo] = dict(algorithms or {})
         self.targets: dict[str, TargetSpec] = dict(targets or {})
         self.backends: dict[str, BackendInfo] = dict(backends or {})
+        self.converters: dict[str, ConverterInfo] = dict(converters or {})
+        self.engines: dict[str, EngineInfo] = dict(engines or {})
         self.plugins: list[PluginReport] = list(plugins or [])
         self.conflicts: list[Conflict] = list(conflicts or [])
         self.plugin_manager = plugin_manager
         self._origins = dict(origins or {})
-        self._frontend_objects: dict[str, Frontend] = {}
+        # default-option frontends that answer accepts(): they hold no user data
+        self._probes: dict[str, Frontend] = {}
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{len(self.components(k))} {k}s" for k in KINDS)
@@ -86,6 +109,8 @@ class Registry:
             "algorithm": self.algorithms,
             "target": self.targets,
             "backend": self.backends,
+            "converter": self.converters,
+            "engine": self.engines,
         }[_kind(kind)]
 
     def origin(self, kind: str, name: str) -> str:
@@ -194,11 +219,27 @@ class Registry:
         """The backend named ``name``; by default it must be usable here."""
         return self._usable("backend", name, check_available)
 
+    def converter(self, name: str, *, check_available: bool = True) -> ConverterInfo:
+        """The converter named ``name``; by default it must be usable here."""
+        return self._usable("converter", name, check_available)
+
+    def make_frontend(self, name: str, options: dict[str, Any] | None = None) -> Frontend:
+        """A new working frontend ``name`` built with ``options`` (``frontend_options``).
+
+        :raises ValueError: options the frontend does not take.
+        """
+        info = self.frontend(name)
+        try:
+            return info.factory(**dict(options or {}))
+        except TypeError as exc:
+            raise ValueError(f"frontend {name!r} rejected frontend_options: {exc}") from None
+
     def frontend_object(self, name: str) -> Frontend:
-        """The working :class:`~quantfw.components.Frontend` of ``name``, created once."""
-        if name not in self._frontend_objects:
-            self._frontend_objects[name] = self.frontend(name).factory()
-        return self._frontend_objects[name]
+        """A frontend ``name`` with default options, shared for questions such as ``accepts``
+        and ``load`` (it holds no user data; quantizations build their own)."""
+        if name not in self._probes:
+            self._probes[name] = self.make_frontend(name)
+        return self._probes[name]
 
     def frontend_for(self, model: object) -> FrontendInfo:
         """The first available frontend whose ``accepts(model)`` is true.
@@ -232,15 +273,116 @@ class Registry:
     def backends_for(
         self, target: str | TargetSpec, *, available_only: bool = False
     ) -> list[BackendInfo]:
-        """Backends that lower to ``target`` (a name or spec), usable here or not unless
-        ``available_only``.
+        """The backends that lower ``target`` (a name or spec), in the target's order of
+        preference, usable here or not unless ``available_only``.
 
-        :raises UnknownComponentError: ``target`` is a name no target or backend knows.
+        A target that names ``backends`` gets those that are installed; one that names none is
+        served by every backend writing its ``artifact`` format.
+
+        :raises UnknownComponentError: ``target`` is a name no target has.
         """
-        name = target if isinstance(target, str) else target.name
-        found = [b for b in self.backends.values() if name in b.targets]
-        if not found and name not in self.targets:
-            self.target(name)  # raises, listing the known targets
+        spec = self.target(target) if isinstance(target, str) else target
+        named = tuple(spec.backends)
+        if named:
+            found = [self.backends[n] for n in named if n in self.backends]
+        else:
+            found = [b for b in self.backends.values() if b.artifact_format == spec.artifact]
         if available_only:
             found = [b for b in found if self.availability("backend", b.name)[0]]
         return found
+
+    def missing_backends(self, target: str | TargetSpec) -> list[str]:
+        """Backends ``target`` names that no installed plugin registers."""
+        spec = self.target(target) if isinstance(target, str) else target
+        return [n for n in spec.backends if n not in self.backends]
+
+    # -- conversions ---------------------------------------------------------------------------
+
+    def _converters(self) -> tuple[list[ConverterInfo], dict[str, str]]:
+        usable, unusable = [], {}
+        for name, info in self.converters.items():
+            ok, why = self.availability("converter", name)
+            if ok:
+                usable.append(info)
+            else:
+                unusable[name] = why
+        return usable, unusable
+
+    def conversion_path(
+        self, source: str, target: str, *, keeps_names: bool = False
+    ) -> list[ConverterInfo]:
+        """The shortest chain of usable converters from format ``source`` to ``target``.
+
+        :raises ConversionError: naming the installed conversions and the plugin to install.
+        """
+        usable, unusable = self._converters()
+        path = find_path(usable, source, target, keeps_names=keeps_names)
+        if path is None:
+            raise ConversionError(describe_missing([source], [target], usable, unusable))
+        return path
+
+    def convert(self, model: object, source: str, target: str, **options: Any) -> object:
+        """``model`` (in format ``source``) converted to format ``target`` through the shortest
+        chain of registered conversions; ``options`` go to the first converter.
+
+        :raises ConversionError: when no chain exists here.
+        """
+        return run_path(model, self.conversion_path(source, target), options)
+
+    def model_in(self, formats: Sequence[str], graph: QuantGraph) -> tuple[str, object]:
+        """``(format, model)``: the model ``graph`` was captured from, in the first of
+        ``formats`` that can be had -- the graph itself for ``"qgraph"``, a form the frontend
+        recorded (``graph.forms``), or one reached from such a form through name-keeping
+        conversions only (the graph's tensor names must stay valid).
+
+        :raises ConversionError: naming the graph's forms, the formats wanted, the conversions
+            installed and the plugin to install.
+        """
+        for fmt in formats:
+            if fmt == QGRAPH:
+                return fmt, graph
+            if fmt in graph.forms:
+                return fmt, graph.forms[fmt]
+        usable, unusable = self._converters()
+        for src, model in graph.forms.items():
+            for fmt in formats:
+                path = find_path(usable, src, fmt, keeps_names=True)
+                if path is not None:
+                    return fmt, run_path(model, path, {})
+        have = sorted(graph.forms)
+        raise ConversionError(
+            f"graph {graph.name!r} needs to be in {' or '.join(formats)} form, and its frontend "
+            f"recorded {', '.join(have) if have else 'no model form'}; "
+            + describe_missing(have, list(formats), usable, unusable)
+        )
+
+    # -- engines -------------------------------------------------------------------------------
+
+    def engine(
+        self, name: str | None = None, device: str | None = None, *, autograd: bool = False
+    ) -> Engine:
+        """A compute engine: ``name``; else ``numpy``, or with ``autograd`` the first usable
+        engine that has it (registration order: third-party plugins first).
+
+        :raises UnknownComponentError: no such engine.
+        :raises UnavailableComponentError: it (or any engine with autograd) is not usable here.
+        """
+        if name is None and not autograd:
+            name = "numpy"
+        if name is None:
+            for cand, info in self.engines.items():
+                if (info.autograd or not autograd) and self.availability("engine", cand)[0]:
+                    name = cand
+                    break
+            else:
+                raise UnavailableComponentError(
+                    "no compute engine with autograd is usable here (the torch plugin has one: "
+                    f"{install_hint_for('torch')})"
+                )
+        info = self._usable("engine", name, True)
+        if autograd and not info.autograd:
+            raise UnavailableComponentError(f"engine {name!r} has no autograd")
+        try:
+            return info.factory(device=device)
+        except TypeError as exc:
+            raise ValueError(f"engine {name!r} could not be built: {exc}") from None

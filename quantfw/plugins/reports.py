@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 #: Component kinds, in the order they are registered and listed.
-KINDS: tuple[str, ...] = ("frontend", "algorithm", "target", "backend")
+KINDS: tuple[str, ...] = ("frontend", "algorithm", "target", "backend", "converter", "engine")
 
 PluginStatus = Literal["loaded", "failed", "blocked"]
 

@@ -67,8 +67,16 @@ def test_capture_leaves_the_callers_model_alone(fe, kit):
     before = model.SerializeToString()
     graph = fe.capture(model)
     assert model.SerializeToString() == before
-    assert graph.source is not model
-    assert fe.capture(model).source is graph.source  # prepared once per model object
+    assert graph.forms["onnx"] is not model and is_prepared(graph.forms["onnx"])
+    # nothing is remembered between captures: each prepares its own copy
+    assert fe.capture(model).forms["onnx"] is not graph.forms["onnx"]
+
+
+def test_copy_model_false_prepares_the_model_in_place(kit):
+    model = kit.build_cnn()
+    graph = OnnxFrontend(copy_model=False).capture(model)
+    assert graph.forms["onnx"] is model and is_prepared(model)
+    assert "BatchNormalization" not in [n.op_type for n in model.graph.node]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -119,8 +127,8 @@ def test_collect_uses_rewritten_weights(fe, kit):
     graph = fe.capture(kit.build_cnn())
     batch = kit.cnn_batch(2)
     (before,) = fe.collect(None, graph, ["c3"], [batch])
-    graph.initializers["conv3.weight"] = np.zeros((4, 8, 1, 1), np.float32)  # like ctx.set_weight
-    (after,) = fe.collect(None, graph, ["c3"], [batch])
+    rewritten = {"conv3.weight": np.zeros((4, 8, 1, 1), np.float32)}  # as ctx.set_weight keeps
+    (after,) = fe.collect(None, graph, ["c3"], [batch], weights=rewritten)
     bias = graph.initializers["conv3.bias"]
     assert np.abs(before["c3"] - bias.reshape(1, -1, 1, 1)).max() > 0.1
     np.testing.assert_allclose(

@@ -84,6 +84,7 @@ def make_mlp(seed: int = 0, hidden: int = 32, ffn: int = 64, opset: int = 13):
         initializers={i.name: nh.to_array(i) for i in model.graph.initializer},
         name="mlp",
         source=model,
+        forms={"onnx": model},
     )
     return model, qg
 
@@ -1032,8 +1033,9 @@ def test_tied_table_keeps_its_dequantize_for_other_readers():
 
 
 def test_smoothquant_lowering_matches_reference(mlp):
-    """SmoothQuant's x * (1/s) is a float Mul in front of the activation's quantizer: the
-    unoptimized artifact equals the reference, and the divided codes are the reference's."""
+    """SmoothQuant's x * (1/s) (an Equalization) is a float Mul in front of the activation's
+    quantizer: the unoptimized artifact equals the reference, and the codes are the
+    reference's."""
     model, qg, _, feeds = mlp
     rng = np.random.default_rng(11)
     calib = {
@@ -1041,7 +1043,7 @@ def test_smoothquant_lowering_matches_reference(mlp):
         * np.where(rng.random(feeds["x"].shape[-1]) < 0.1, 30.0, 1.0).astype(np.float32)
     }
     recipe = recipe_for(qg, calib, algorithms=[("smoothquant", {"alpha": 0.8})])
-    smoothed = [n for n, t in recipe.tensors.items() if t.smooth is not None]
+    smoothed = list(recipe.equalizations)
     assert smoothed, "an input with outlier channels should be smoothed"
     qm = write_qdq(model, qg, recipe)
     assert count_ops(qm).get("Mul", 0) >= len(smoothed)

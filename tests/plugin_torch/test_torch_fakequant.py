@@ -80,16 +80,16 @@ def test_observing_a_weight_uses_the_core_minmax_params():
     np.testing.assert_array_equal(fq.current_params().scale, want_params.scale)
 
 
-def test_smoothing_multiplies_before_quantizing():
-    from quantfw.numerics import fake_quantize_smoothed
+def test_equalization_multiplies_before_quantizing():
+    from quantfw.numerics import equalize, fake_quantize
 
     spec = QuantSpec("uint8", symmetric=False)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((4, 7)).astype(np.float32)
     smooth = rng.uniform(0.5, 3.0, 7).astype(np.float32)
     params = params_from_tensor(x / smooth, spec)
-    got = FakeQuantize(spec, params, smooth=smooth)(torch.from_numpy(x)).numpy()
-    np.testing.assert_array_equal(got, fake_quantize_smoothed(x, params, spec, smooth))
+    got = FakeQuantize(spec, params, equalize=smooth)(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(got, fake_quantize(equalize(x, smooth), params, spec))
 
 
 def test_integer_inputs_pass_through():

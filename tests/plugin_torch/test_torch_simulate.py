@@ -49,7 +49,7 @@ def test_torch_simulation_equals_onnx_qdq_without_optimizations(kit, resnet_x86,
     _, res, _ = resnet_x86
     x = images[32:]
     sim = res.simulate()({"x": x})[res.graph.outputs[0]]
-    qdq = write_qdq(res.graph.source.onnx_model, res.graph, res.recipe)
+    qdq = write_qdq(res.graph.forms["onnx"], res.graph, res.recipe)
     ref = kit.ort_run(qdq, {"x": x}, optimize=False)[0]
     np.testing.assert_allclose(sim, ref, rtol=0, atol=1e-5 * _rng_range(ref))
 
@@ -194,7 +194,7 @@ def test_generic_target_quantizes_constant_operands(kit):
     ]
     assert len(consts) == 2
     sim = res.simulate()({"x": x})[res.graph.outputs[0]]
-    qdq = write_qdq(res.graph.source.onnx_model, res.graph, res.recipe)
+    qdq = write_qdq(res.graph.forms["onnx"], res.graph, res.recipe)
     ref = kit.ort_run(qdq, {"x": x}, optimize=False)[0]
     np.testing.assert_allclose(sim, ref, rtol=0, atol=1e-5 * _rng_range(ref))
 

@@ -1,6 +1,6 @@
 """The ``onnxruntime`` backend: Recipe -> QDQ ONNX artifact, run by ONNX Runtime's CPU provider.
 
-``lower`` writes the float model (the frontend's prepared copy, ``graph.source``) with the
+``lower`` writes the float model (the frontend's prepared copy, ``graph.forms["onnx"]``) with the
 recipe's Q/DQ (see :mod:`quantfw_onnx.qdq` for what ONNX Runtime fuses and why the lowering looks
 the way it does), checks it with ``onnx.checker`` and writes it atomically.  ``run`` executes an
 artifact with all graph optimizations on, so the integer kernels are the ones that run.
@@ -21,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from quantfw.components import Artifact, Batch
+from quantfw.api import Artifact, Batch
+from quantfw.errors import UnavailableError
 from quantfw.fileio import atomic_write_bytes, check_not_input
 from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
+from quantfw.target import TargetSpec
 
 from .avx2 import max_safe_weight_code
 from .cpu import cpu_vnni
@@ -50,7 +52,7 @@ def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError as exc:
-        raise RuntimeError(
+        raise UnavailableError(
             f"the onnxruntime backend needs ONNX Runtime, which is not importable here ({exc}); "
             f"{_INSTALL}"
         ) from None
@@ -58,23 +60,21 @@ def _ort() -> Any:
 
 
 def _load_model(model: object, graph: QuantGraph) -> Any:
+    """The ONNX model to lower: the capture's prepared model when the graph has one (the
+    recipe's tensor names are its names), else ``model`` itself (a ModelProto or a path)."""
     import onnx
 
-    if isinstance(graph.source, onnx.ModelProto):
-        return graph.source
-    # frontends that capture through an ONNX translation (torch) keep it as source.onnx_model
-    if isinstance(getattr(graph.source, "onnx_model", None), onnx.ModelProto):
-        return graph.source.onnx_model
+    form = graph.forms.get("onnx")
+    if isinstance(form, onnx.ModelProto):
+        return form
     if isinstance(model, onnx.ModelProto):
         return model
-    if isinstance(model, QuantGraph) and isinstance(model.source, onnx.ModelProto):
-        return model.source  # the graph frontend's capture copies the graph without its source
     if isinstance(model, (str, os.PathLike)):
         return onnx.load(os.fspath(model))
     raise ValueError(
-        f"graph {graph.name!r} carries no ONNX model (graph.source is "
-        f"{type(graph.source).__name__}) and the model is a {type(model).__name__}: capture the "
-        "model with the onnx frontend, or pass the float onnx.ModelProto / .onnx path"
+        f"graph {graph.name!r} carries no ONNX model (its forms: {sorted(graph.forms) or 'none'}) "
+        f"and the model is a {type(model).__name__}: capture the model with a frontend that "
+        "records its ONNX form (onnx, torch), or pass the float onnx.ModelProto / .onnx path"
     )
 
 
@@ -135,8 +135,21 @@ class OnnxRuntimeBackend:
         self._sessions: dict[tuple[Any, ...], Any] = {}
 
     # -- lowering ------------------------------------------------------------------------------
-    def lower(self, model: object, graph: QuantGraph, recipe: Recipe, output: Path) -> Artifact:
+    def lower(
+        self,
+        model: object,
+        graph: QuantGraph,
+        recipe: Recipe,
+        output: Path,
+        *,
+        target: TargetSpec | None = None,
+    ) -> Artifact:
         """Write the quantized model to ``output`` atomically and describe it.
+
+        ``model`` is the float ONNX model (a ModelProto or a path); when ``graph`` records the
+        capture's prepared model (``graph.forms["onnx"]``) that one is lowered, since the
+        recipe's tensor names are its names.  ``target`` names the artifact's target (default:
+        the recipe's).
 
         The format is the backend's ``fmt``: ``"qdq"`` (the default) or ``"qoperator"`` -- the same QDQ model with
         its quantized Conv/MatMul/Gemm rewritten as QLinearConv/QLinearMatMul/MatMulInteger/
@@ -182,7 +195,8 @@ class OnnxRuntimeBackend:
             "external_data": None if external is None else str(external),
             "runtime": "onnxruntime (CPUExecutionProvider)",
         }
-        return Artifact(path=output, target=recipe.target, format="onnx", metadata=metadata)
+        name = target.name if target is not None else recipe.target
+        return Artifact(path=output, target=name, format="onnx", metadata=metadata)
 
     @staticmethod
     def _write_external(qmodel: Any, output: Path) -> Path:
@@ -244,14 +258,14 @@ class OnnxRuntimeBackend:
     def run(self, artifact: Artifact, inputs: Batch) -> dict[str, np.ndarray]:
         """Run ``artifact`` on ``inputs`` (input name -> array) with all optimizations on.
 
-        :raises RuntimeError: when ONNX Runtime is missing, or when the artifact's 8-bit weights
+        :raises UnavailableError: (a RuntimeError) when ONNX Runtime is missing, or when the artifact's 8-bit weights
             would saturate in this CPU's AVX2 kernel (no VNNI) and ``check_cpu`` is on.
         :raises ValueError: on missing or unknown input names.
         """
         if self.check_cpu and artifact.metadata.get("needs_vnni"):
             ok, found = cpu_vnni()
             if not ok:
-                raise RuntimeError(
+                raise UnavailableError(
                     f"{artifact.path} has 8-bit weights (codes up to "
                     f"{artifact.metadata.get('max_weight_code')}) and this CPU has {found}: ONNX "
                     "Runtime's AVX2 u8 x s8 kernel would saturate in int16 and return wrong "

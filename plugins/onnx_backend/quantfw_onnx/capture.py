@@ -19,8 +19,8 @@ ONNX node to one op kind of quantfw's closed vocabulary.  Conventions backends r
   Tensors inside a merged pattern (the MatMul output before the bias, …) are not QuantGraph
   tensors; they still exist in the ONNX model;
 * ``attrs["folded"]`` names the BatchNormalization nodes ``prepare`` folded into a Conv;
-* ``graph.source`` is the prepared ``ModelProto``; treat it as read-only (copy before rewriting):
-  the QuantGraph's initializers read their values from it.
+* ``graph.source`` and ``graph.forms["onnx"]`` are the prepared ``ModelProto``; treat it as
+  read-only (copy before rewriting): the QuantGraph's initializers read their values from it.
 
 Constant operands of element-wise ops stay in ``node.inputs`` as initializer names; constant
 *parameters* (Reshape's shape, Clip's bounds, Slice's starts, axes, pads, …) become attributes and
@@ -869,6 +869,7 @@ class _Capturer:
             name=name,
             input_shapes=input_shapes,
             source=self.model,
+            forms={"onnx": self.model},
         )
 
 

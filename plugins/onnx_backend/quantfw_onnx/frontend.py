@@ -4,9 +4,11 @@
   (:func:`quantfw_onnx.loader.prepare`): the ModelProto it returns is the model quantfw works on,
   kept once in memory.
 * :meth:`OnnxFrontend.capture` prepares a ModelProto it did not load on a copy (the caller's
-  object is left alone) and captures it; ``graph.source`` is the prepared model.
-* :meth:`OnnxFrontend.collect` runs ``graph.source`` with the requested intermediate tensors as
-  extra outputs, using the graph's current (possibly rewritten) weights.
+  object is left alone; ``copy_model=False`` prepares it in place, for callers that own it) and
+  captures it; ``graph.forms["onnx"]`` is the prepared model, which the ONNX backends lower.
+* :meth:`OnnxFrontend.collect` runs the prepared model with the requested intermediate tensors
+  as extra outputs, with the float-model rewrites it is given; with a recipe it runs the QDQ
+  model instead (every quantizer applied, none of ONNX Runtime's integer fusions).
 * :meth:`OnnxFrontend.simulate` inserts QuantizeLinear/DequantizeLinear per the recipe
   (:func:`quantfw_onnx.qdq.write_qdq`) and runs that model with every ONNX Runtime graph
   optimization disabled, so the result is exact fake quantization rather than integer kernels.
@@ -15,13 +17,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from quantfw.components import Batch
+from quantfw.api import Batch
 from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 
@@ -29,7 +31,12 @@ from .capture import capture as capture_graph
 from .loader import _get_meta, _set_meta, is_prepared, load_onnx, prepare
 from .runner import OrtSession, collect
 
-__all__ = ["OnnxFrontend", "SOURCE_KEY"]
+__all__ = ["OnnxFrontend", "SOURCE_KEY", "FORMAT"]
+
+#: The model format this frontend reads and records in ``graph.forms``.
+FORMAT = "onnx"
+#: Q/DQ ops that stand between a quantized graph output and the value its producer computed.
+_QUANTIZERS = ("DequantizeLinear", "QuantizeLinear", "DynamicQuantizeLinear")
 
 #: ``metadata_props`` key: the file name a model was loaded from (names the QuantGraph).
 SOURCE_KEY = "quantfw.source_file"
@@ -45,6 +52,8 @@ class OnnxFrontend:
     :param threads: ONNX Runtime intra-op threads for every session (``None``: its default).
     :param fold_batchnorm: fold Conv+BatchNormalization while preparing.
     :param fold_constants: fold constant sub-graphs while preparing.
+    :param copy_model: prepare a caller's ModelProto on a copy (the default); ``False`` prepares
+        it in place, for callers that made the model and own it (no second copy in memory).
     """
 
     name = "onnx"
@@ -55,12 +64,12 @@ class OnnxFrontend:
         threads: int | None = None,
         fold_batchnorm: bool = True,
         fold_constants: bool = True,
+        copy_model: bool = True,
     ) -> None:
         self.threads = threads
         self.fold_batchnorm = fold_batchnorm
         self.fold_constants = fold_constants
-        # the prepared copy of the last caller-owned ModelProto captured: id → (model, prepared)
-        self._prepared: dict[int, tuple[onnx.ModelProto, onnx.ModelProto]] = {}
+        self.copy_model = copy_model
 
     # -- Frontend protocol ---------------------------------------------------------------------
     def accepts(self, model: object) -> bool:
@@ -92,14 +101,26 @@ class OnnxFrontend:
         return capture_graph(prepared, name=Path(source_file).stem if source_file else None)
 
     def collect(
-        self, model: object, graph: QuantGraph, tensors: Sequence[str], batches: Iterable[Batch]
+        self,
+        model: object,
+        graph: QuantGraph,
+        tensors: Sequence[str],
+        batches: Iterable[Batch],
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+        recipe: Recipe | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
         # One session per call, freed with the generator: a cached session would keep ONNX
         # Runtime's copy of the weights (and its pre-packed one) alive for the rest of the run.
         source = self._source(model, graph)
-        return collect(
-            source, tensors, batches, initializers=graph.initializers, threads=self.threads
-        )
+        if recipe is None:
+            return collect(source, tensors, batches, initializers=weights, threads=self.threads)
+        from .qdq import write_qdq
+
+        qdq = write_qdq(source, graph, recipe, fmt="qdq")
+        names = [_before_quantizer(qdq, t) for t in tensors]
+        outs = collect(qdq, names, batches, threads=self.threads, optimize=False)
+        return ({t: o[n] for t, n in zip(tensors, names, strict=True)} for o in outs)
 
     def simulate(
         self, model: object, graph: QuantGraph, recipe: Recipe
@@ -119,20 +140,12 @@ class OnnxFrontend:
 
     # -- helpers -------------------------------------------------------------------------------
     def prepared(self, model: onnx.ModelProto) -> onnx.ModelProto:
-        """The prepared form of a caller-owned ModelProto (a copy, remembered for this object)."""
+        """The prepared form of a caller's ModelProto: a prepared copy, or the model itself
+        prepared in place when the frontend was made with ``copy_model=False``."""
         if is_prepared(model):
             return model
-        hit = self._prepared.get(id(model))
-        if hit is not None and hit[0] is model:
-            return hit[1]
         load_onnx(model)  # checks it
-        result = self._prepare(model, inplace=False, where=None)
-        self._prepared = {id(model): (model, result)}  # one entry: never hoard big models
-        return result
-
-    def clear_cache(self) -> None:
-        """Forget the prepared copies of caller-owned models."""
-        self._prepared.clear()
+        return self._prepare(model, inplace=not self.copy_model, where=None)
 
     def _prepare(
         self, model: onnx.ModelProto, *, inplace: bool, where: str | None
@@ -146,8 +159,9 @@ class OnnxFrontend:
         )
 
     def _source(self, model: object, graph: QuantGraph) -> onnx.ModelProto:
-        if isinstance(graph.source, onnx.ModelProto):
-            return graph.source
+        form = graph.forms.get(FORMAT)
+        if isinstance(form, onnx.ModelProto):
+            return form
         if _is_path(model):
             return self.load(Path(model))  # type: ignore[arg-type]
         if isinstance(model, onnx.ModelProto):
@@ -155,3 +169,18 @@ class OnnxFrontend:
         raise TypeError(
             f"graph {graph.name!r} has no ONNX source and the model is a {type(model).__name__}"
         )
+
+
+def _before_quantizer(qdq: onnx.ModelProto, name: str) -> str:
+    """The name under which ``qdq`` holds tensor ``name`` as its producer computed it.
+
+    The QDQ writer keeps a quantized tensor's name on its producer's output, except for a graph
+    output, whose producer it renames so that the last DequantizeLinear can write the output's
+    name: there the chain of quantizers is followed back to the producer."""
+    if name not in {o.name for o in qdq.graph.output}:
+        return name
+    producers = {out: n for n in qdq.graph.node for out in n.output}
+    current = name
+    while (n := producers.get(current)) is not None and n.op_type in _QUANTIZERS:
+        current = n.input[0]
+    return current

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from quantfw import BackendInfo, FrontendInfo, hookimpl
+from quantfw.api import BackendInfo, FrontendInfo, hookimpl
 from quantfw.target import TargetSpec, load_target
 
 _HERE = Path(__file__).resolve().parent
@@ -19,10 +19,10 @@ _TARGETS = ("x86-vnni", "x86-avx2")
 _INSTALL = 'pip install "quantfw[onnx]"'
 
 
-def _frontend():
+def _frontend(**options):
     from .frontend import OnnxFrontend
 
-    return OnnxFrontend()
+    return OnnxFrontend(**options)
 
 
 def _backend(**options):
@@ -68,9 +68,9 @@ def quantfw_register_backends(register: Callable[[BackendInfo], None]) -> None:
     register(
         BackendInfo(
             "onnxruntime",
-            (*_TARGETS, "x86"),
             _backend,
             artifact_format="onnx",
+            accepts=("onnx",),
             requires=("onnx", "onnxruntime"),
             description="QDQ (or QOperator) ONNX models for ONNX Runtime's CPU provider",
             install_hint=_INSTALL,

@@ -152,8 +152,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantfw.formats import FloatFormat, IntFormat
 from quantfw.graph import QuantGraph
-from quantfw.numerics import dequantize, quantize, smoothing_multiplier
-from quantfw.recipe import Recipe, TensorRecipe
+from quantfw.numerics import dequantize, equalization_multiplier, quantize
+from quantfw.recipe import Equalization, Recipe, TensorRecipe
 from quantfw.spec import Granularity, QuantSpec
 
 from .graphutil import unique_name
@@ -447,12 +447,12 @@ class _Writer:
     def fresh(self, base: str) -> str:
         return unique_name(self.names, base)
 
-    def readers_of(self, t: TensorRecipe) -> set[str] | None:
-        """ONNX node names that read ``t`` quantized; ``None`` means every reader."""
-        if t.consumers is None:
+    def readers_of(self, consumers: tuple[str, ...] | None) -> set[str] | None:
+        """The ONNX node names of graph nodes ``consumers``; ``None`` means every reader."""
+        if consumers is None:
             return None
         names: set[str] = set()
-        for c in t.consumers:
+        for c in consumers:
             try:
                 node = self.graph.node(c)
             except KeyError:
@@ -551,7 +551,7 @@ class _Writer:
             first = n.input[0] if n.input else ""
             if first not in dynamic and first not in tokens:
                 continue
-            only = self.readers_of(recipe.tensors[first])
+            only = self.readers_of(recipe.tensors[first].consumers)
             if only is not None and n.name not in only:
                 continue
             if first in tokens:
@@ -570,15 +570,27 @@ class _Writer:
         # every other reader of a quantized activation reads the dequantized value (the new
         # nodes wait in `after` until assembly, so renaming readers never touches them)
         after: dict[str, list[onnx.NodeProto]] = {}
+        for name, eq in recipe.equalizations.items():
+            if name in dynamic or name in tokens:
+                raise LoweringError(
+                    f"activation {name!r}: an equalisation in front of dynamic quantization has "
+                    "no ONNX lowering here; equalise statically quantized or float activations"
+                )
+            if name in static:
+                continue  # static_qdq puts the multiply in front of the quantizer
+            node = self.equalize_node(name, name, eq)
+            after.setdefault(name, []).append(node)
+            only = self.readers_of(eq.consumers)
+            _rename_reads(g, name, node.output[0], only)
         for name, t in static.items():
             src = source.get(name, name)
             out = name if name in source else self.fresh(f"{name}_dequantized")
             nodes = self.static_qdq(name, src, out, t)
             after.setdefault(src, []).extend(nodes)
             if name not in source:
-                _rename_reads(g, name, out, self.readers_of(t))
+                _rename_reads(g, name, out, self.readers_of(t.consumers))
         for name, d in dynamic.items():
-            only = self.readers_of(recipe.tensors[name])
+            only = self.readers_of(recipe.tensors[name].consumers)
             src = source.get(name, name)
             qnode = helper.make_node(
                 "DynamicQuantizeLinear",
@@ -607,7 +619,7 @@ class _Writer:
                     _rename_reads(g, name, out, only)
             after.setdefault(src, []).extend(nodes)
         for name, d in tokens.items():
-            only = self.readers_of(recipe.tensors[name])
+            only = self.readers_of(recipe.tensors[name].consumers)
             src = source.get(name, name)
             readers = [
                 n
@@ -647,6 +659,18 @@ class _Writer:
         _fix_ir_version(m)
         self.stamp(m)
         return m
+
+    def equalize_node(self, name: str, src: str, eq: Equalization) -> onnx.NodeProto:
+        """``src * (1 / eq.scale)``: the float32 multiplier is the reference's own
+        (:func:`quantfw.numerics.equalization_multiplier`), one elementwise Mul."""
+        factor = self.add_init(
+            numpy_helper.from_array(
+                equalization_multiplier(eq.scale), self.fresh(f"{name}_equalize_scale")
+            )
+        )
+        return helper.make_node(
+            "Mul", [src, factor], [self.fresh(f"{name}_equalized")], name=self.fresh(f"{name}_Equalize")
+        )
 
     # -- checks --------------------------------------------------------------------------------
     @staticmethod
@@ -981,19 +1005,12 @@ class _Writer:
         )
         zp = self.add_init(_zero_point_tensor(self.fresh(f"{name}_zero_point"), t, storage))
         pre: list[onnx.NodeProto] = []
-        if t.smooth is not None:
-            # SmoothQuant: the consumers read x * (1 / smooth) (their weights carry smooth); the
-            # float32 multiplier is the reference's own (numerics.smoothing_multiplier)
-            factor = self.add_init(
-                numpy_helper.from_array(
-                    smoothing_multiplier(t.smooth), self.fresh(f"{name}_smooth")
-                )
-            )
-            scaled = self.fresh(f"{name}_smoothed")
-            pre.append(
-                helper.make_node("Mul", [src, factor], [scaled], name=self.fresh(f"{name}_Smooth"))
-            )
-            src = scaled
+        eq = self.recipe.equalizations.get(name)
+        if eq is not None:
+            # the equalised consumers read x * (1 / scale) quantized (Recipe.check makes them
+            # exactly the quantized ones)
+            pre.append(self.equalize_node(name, src, eq))
+            src = pre[-1].output[0]
         q_out = self.fresh(f"{name}_quantized")
         return pre + [
             helper.make_node(

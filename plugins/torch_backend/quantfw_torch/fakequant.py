@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from quantfw.numerics import compute_qparams, param_shape, reduce_range
+from quantfw.recipe import Recipe, TensorRecipe
 from quantfw.spec import Granularity, QuantParams, QuantSpec
 
-__all__ = ["FakeQuantize", "fake_quantize"]
+__all__ = ["FakeQuantize", "Equalize", "edge_modules", "fake_quantize"]
 
 _FP8 = {
     "fp8_e4m3fn": getattr(torch, "float8_e4m3fn", None),
@@ -33,6 +34,12 @@ _FP8 = {
     "fp16": torch.float16,
     "bf16": torch.bfloat16,
 }
+
+
+def _multiplier(scale: np.ndarray) -> torch.Tensor:
+    from quantfw.numerics import equalization_multiplier
+
+    return torch.from_numpy(equalization_multiplier(scale))
 
 
 def _round_ste(v: torch.Tensor) -> torch.Tensor:
@@ -73,6 +80,19 @@ def fake_quantize(
     return (q - zero_point) * scale
 
 
+class Equalize(nn.Module):
+    """An equalised edge into a float consumer: ``x * (1 / scale)`` per channel of the last axis
+    (the recipe's :class:`~quantfw.recipe.Equalization`), with no quantization after it."""
+
+    def __init__(self, scale: np.ndarray, *, name: str = "") -> None:
+        super().__init__()
+        self.name = name
+        self.register_buffer("inv_scale", _multiplier(scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.inv_scale if torch.is_floating_point(x) else x
+
+
 class FakeQuantize(nn.Module):
     """Fake-quantize one tensor (activation or weight) with a quantfw spec.
 
@@ -80,7 +100,9 @@ class FakeQuantize(nn.Module):
         from each input, as the runtime does).
     :param params: initial scale / zero point (``None``: from the first input seen, or required
         for static activations when not ``observe_weight``).
-    :param smooth: SmoothQuant divisors: the input is multiplied by ``1 / smooth`` first.
+    :param equalize: the per-channel divisors of the recipe's equalisation of this edge
+        (:class:`quantfw.recipe.Equalization`): the input is multiplied by ``1 / equalize``
+        first, with the core's float32 multiplier.
     :param learn_scale: train the scale with LSQ.
     :param observe_weight: recompute min/max parameters from the input on every call (weights
         during QAT without LSQ).
@@ -94,7 +116,7 @@ class FakeQuantize(nn.Module):
         spec: QuantSpec,
         params: QuantParams | None = None,
         *,
-        smooth: np.ndarray | None = None,
+        equalize: np.ndarray | None = None,
         learn_scale: bool = False,
         observe_weight: bool = False,
         observer: Callable[[np.ndarray, QuantSpec], QuantParams] | None = None,
@@ -113,12 +135,10 @@ class FakeQuantize(nn.Module):
         self.observe_weight = observe_weight
         self.observer = observer
         self.enabled = True
-        if smooth is not None:
-            from quantfw.numerics import smoothing_multiplier
-
-            self.register_buffer("inv_smooth", torch.from_numpy(smoothing_multiplier(smooth)))
+        if equalize is not None:
+            self.register_buffer("inv_scale", _multiplier(equalize))
         else:
-            self.inv_smooth = None
+            self.inv_scale = None
         scale = zp = None
         if params is not None:
             scale = torch.from_numpy(np.asarray(params.scale, dtype=np.float32).copy())
@@ -167,8 +187,8 @@ class FakeQuantize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or not torch.is_floating_point(x):
             return x
-        if self.inv_smooth is not None:
-            x = x * self.inv_smooth
+        if self.inv_scale is not None:
+            x = x * self.inv_scale
         spec = self.spec
         if spec.dynamic or self.observe_weight:
             p = self.params_for(x)
@@ -192,3 +212,21 @@ class FakeQuantize(nn.Module):
             numel = x.numel() / max(1, self.log_scale.numel())
             scale = _grad_scale(scale, 1.0 / math.sqrt(max(1.0, numel * max(1, spec.qmax))))
         return fake_quantize(x, scale, zp, spec)
+
+
+def edge_modules(
+    recipe: Recipe,
+    make: Callable[[str, TensorRecipe, np.ndarray | None], nn.Module],
+) -> dict[str, tuple[tuple[str, ...] | None, nn.Module]]:
+    """The modules :func:`~quantfw_torch.bind.bind` puts on activations: for every quantized
+    activation ``make(name, tensor recipe, equalisation scale or None)`` on the readers that see
+    it quantized; for every equalised activation that is not quantized, an :class:`Equalize` on
+    its equalised consumers' edges."""
+    acts: dict[str, tuple[tuple[str, ...] | None, nn.Module]] = {}
+    for name, t in recipe.of_role("activation").items():
+        eq = recipe.equalizations.get(name)
+        acts[name] = (t.consumers, make(name, t, None if eq is None else eq.scale))
+    for name, eq in recipe.equalizations.items():
+        if name not in acts:
+            acts[name] = (eq.consumers, Equalize(eq.scale, name=name))
+    return acts

@@ -3,11 +3,13 @@
 * :meth:`TorchFrontend.bind` pairs a module with example inputs (given, or the first
   calibration batch) into a :class:`~quantfw_torch.export.TorchModel`.
 * :meth:`TorchFrontend.capture` exports it (:func:`~quantfw_torch.export.export_module`) and
-  captures the ONNX model with the ``onnx`` plugin; ``graph.source`` is the prepared ONNX model,
-  so the ONNX-based backends lower torch models unchanged.
+  has the registered ``onnx`` frontend capture the ONNX translation (through quantfw's registry,
+  not the ONNX plugin's modules); ``graph.forms["onnx"]`` is the prepared ONNX model, so the
+  ONNX-based backends lower torch models unchanged.
 * :meth:`TorchFrontend.collect` runs the exported FX module on each batch under ``no_grad`` and
   keeps only the requested tensors (an FX interpreter drops every other value as soon as its
-  last reader ran), with the graph's current weights.
+  last reader ran), with the float-model rewrites it is given -- or, with a recipe, the
+  simulated module, reading each tensor before its own quantizer.
 * :meth:`TorchFrontend.simulate` runs :func:`simulated_module`: the FX module with the recipe's
   fake quantization, which users can also take into their own evaluation loop.
 
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quantfw.components import Batch
+from quantfw.api import Batch
 from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 
@@ -39,17 +41,15 @@ __all__ = ["TorchFrontend", "TorchSource", "simulated_module", "exported_of"]
 
 @dataclass
 class TorchSource:
-    """``graph.source`` of a torch capture.
+    """``graph.source`` of a torch capture (private to this frontend; the prepared ONNX model the
+    graph was captured from is ``graph.forms["onnx"]``).
 
     :ivar exported: the export (FX module, ONNX translation, input names).
-    :ivar onnx_model: the prepared ONNX model the QuantGraph was captured from; the ONNX-based
-        backends lower it (they look for this attribute).
     :ivar demoted: nodes kept float because a tensor they read or write exists only inside
         the ONNX translation of one torch op (a GRU's internals), where torch cannot observe it.
     """
 
     exported: Any
-    onnx_model: Any
     demoted: list[str] = field(default_factory=list)
 
 
@@ -121,29 +121,40 @@ class TorchFrontend:
         return adapt(data, list(graph.inputs))
 
     def capture(self, model: object) -> QuantGraph:
-        from quantfw_onnx.capture import capture as capture_graph
-        from quantfw_onnx.loader import prepare
+        from quantfw.plugins import get_registry
 
         from .export import TorchModel, as_torch_model, export_module
 
         tm = model if isinstance(model, TorchModel) else as_torch_model(model, None)
         exp = export_module(tm, opset=self.opset)
-        prepared = prepare(exp.onnx_model, inplace=True, where=f"{type(tm.module).__name__}")
-        graph = capture_graph(prepared, name=type(tm.module).__name__)
-        graph.source = TorchSource(exp, prepared, _demote_untraceable(graph, exp))
+        exp.onnx_model.graph.name = type(tm.module).__name__  # names the QuantGraph
+        # the translation is ours: the onnx frontend may prepare it in place (no second copy)
+        onnx_frontend = get_registry().make_frontend("onnx", {"copy_model": False})
+        graph = onnx_frontend.capture(exp.onnx_model)
+        graph.source = TorchSource(exp, _demote_untraceable(graph, exp))
         return graph
 
     def collect(
-        self, model: object, graph: QuantGraph, tensors: Sequence[str], batches: Iterable[Batch]
+        self,
+        model: object,
+        graph: QuantGraph,
+        tensors: Sequence[str],
+        batches: Iterable[Batch],
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+        recipe: Recipe | None = None,
     ) -> Iterator[dict[str, np.ndarray]]:
         import torch
 
         from .export import flat_inputs
 
         exp = exported_of(graph)
-        rewritten = set(getattr(graph.initializers, "changed", ()))  # by ctx.set_weight
-        changed = {n.name for n in graph.nodes if _weighted(n) and rewritten & set(_ws(n))}
-        bound = _bind_float(exp, graph, changed)
+        if recipe is not None:
+            bound = _simulated(graph, recipe)  # tensors read before their own quantizer
+        else:
+            rewritten = set(weights or ())
+            changed = {n.name for n in graph.nodes if _weighted(n) and rewritten & set(_ws(n))}
+            bound = _bind_float(exp, graph, changed, weights or {})
         wanted: dict[Any, list[str]] = {}
         for t in tensors:
             node = bound.nodes.get(t)
@@ -239,17 +250,19 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def _bind_float(exp: Exported, graph: QuantGraph, nodes: Iterable[str]) -> Any:
+def _bind_float(
+    exp: Exported, graph: QuantGraph, nodes: Iterable[str], weights: Mapping[str, np.ndarray]
+) -> Any:
     from .bind import WeightedOp, bind
+
+    def value(name: str) -> torch.Tensor:
+        return _tensor(weights[name] if name in weights else graph.initializers[name])
 
     ops = {}
     for name in nodes:
         n = graph.node(name)
         b = n.weights.get("bias")
-        ops[name] = WeightedOp(
-            _tensor(graph.initializers[n.weights["weight"]]),
-            _tensor(graph.initializers[b]) if b else None,
-        )
+        ops[name] = WeightedOp(value(n.weights["weight"]), value(b) if b else None)
     return bind(exp.module, graph, ops=ops, aliases=exp.aliases)
 
 
@@ -281,12 +294,18 @@ def simulated_module(graph: QuantGraph, recipe: Recipe) -> torch.fx.GraphModule:
 
     Weights are the core's :func:`~quantfw.simulate.simulated_weights` (rewritten, then
     fake-quantized: bit-identical to the codes a backend stores); activations pass through
-    :class:`~quantfw_torch.fakequant.FakeQuantize` with the recipe's scales and zero points.
+    :class:`~quantfw_torch.fakequant.FakeQuantize` with the recipe's scales and zero points,
+    after the recipe's equalisation of their edge where it has one.
     """
+    return _simulated(graph, recipe).module
+
+
+def _simulated(graph: QuantGraph, recipe: Recipe) -> Any:
+    """:func:`simulated_module`'s :class:`~quantfw_torch.bind.Bound` (module and tensor map)."""
     from quantfw.simulate import simulated_weights
 
     from .bind import WeightedOp, bind
-    from .fakequant import FakeQuantize
+    from .fakequant import FakeQuantize, edge_modules
 
     exp = exported_of(graph)
     weights = simulated_weights(graph, recipe)
@@ -304,13 +323,10 @@ def simulated_module(graph: QuantGraph, recipe: Recipe) -> torch.fx.GraphModule:
     for t in recipe.tensors.values():
         if t.role in ("weight", "bias") and t.node not in ops:
             constants.setdefault(t.node, {})[t.name] = _tensor(weights[t.name])
-    acts = {}
-    for name, t in recipe.of_role("activation").items():
-        acts[name] = (
-            t.consumers,
-            FakeQuantize(t.spec, t.params, smooth=t.smooth, name=name),
-        )
-    bound = bind(
+    acts = edge_modules(
+        recipe,
+        lambda name, t, scale: FakeQuantize(t.spec, t.params, equalize=scale, name=name),
+    )
+    return bind(
         exp.module, graph, ops=ops, activations=acts, constants=constants, aliases=exp.aliases
     )
-    return bound.module

@@ -29,10 +29,10 @@ from torch import nn
 
 from quantfw.algorithms.calibrate import absmean_params, bias_params
 from quantfw.pipeline import QuantizationResult
-from quantfw.recipe import Recipe
+from quantfw.recipe import Recipe, TensorRecipe
 
 from .bind import WeightedOp, bind
-from .fakequant import FakeQuantize
+from .fakequant import FakeQuantize, edge_modules
 from .frontend import _weighted, exported_of
 
 __all__ = ["BiasFakeQuantize", "QATState", "qat_prepare", "qat_recipe"]
@@ -101,21 +101,24 @@ def qat_prepare(result: QuantizationResult, *, learn_scales: bool = False) -> to
         )
         state.ops[node.name] = WeightedOp(_param(base), bias, weight_fq=fq)
     groups: dict[str, FakeQuantize] = {}
-    acts = {}
-    for name, t in recipe.of_role("activation").items():
-        fq = groups.get(t.share_group) if t.share_group else None
+
+    def make(name: str, t: TensorRecipe, scale: np.ndarray | None) -> FakeQuantize:
+        # a share group shares one quantizer (one learned scale); an equalised edge has its own
+        fq = groups.get(t.share_group) if t.share_group and scale is None else None
         if fq is None:
             fq = FakeQuantize(
                 t.spec,
                 t.params,
-                smooth=t.smooth,
+                equalize=scale,
                 learn_scale=learn_scales and not t.spec.dynamic,
                 name=name,
             )
-            if t.share_group:
+            if t.share_group and scale is None:
                 groups[t.share_group] = fq
-        acts[name] = (t.consumers, fq)
         state.activations[name] = fq
+        return fq
+
+    acts = edge_modules(recipe, make)
     for name, op in state.ops.items():
         node = graph.node(name)
         b = node.weights.get("bias")

@@ -7,8 +7,9 @@ names below.  It is found through the entry-point group ``quantfw``::
     myplugin = "myplugin.hooks"
 
 Registration hooks receive a ``register`` callback and call it once per component; the
-components are the frozen dataclasses of :mod:`quantfw.components` (and
-:class:`quantfw.target.TargetSpec` for targets), which validate their own names.  Registration
+components are the frozen dataclasses of :mod:`quantfw.api.components` (and
+:class:`quantfw.target.TargetSpec` for targets), which validate their own names.  The objects
+their factories build follow :mod:`quantfw.api.protocols` and :mod:`quantfw.api.engines`.  Registration
 hooks must not import heavy frameworks: each registration carries a ``factory`` that is called
 only when the component is used.
 
@@ -24,11 +25,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
 
+from .components import Stage
+
 if TYPE_CHECKING:  # pragma: no cover
     import os
 
-    from .components import AlgorithmInfo, BackendInfo, FrontendInfo, Stage
-    from .target import TargetSpec
+    from ..target import TargetSpec
+    from .components import AlgorithmInfo, BackendInfo, ConverterInfo, EngineInfo, FrontendInfo
 
 __all__ = [
     "PROJECT_NAME",
@@ -40,6 +43,8 @@ __all__ = [
     "quantfw_register_algorithms",
     "quantfw_register_targets",
     "quantfw_register_backends",
+    "quantfw_register_converters",
+    "quantfw_register_engines",
     "quantfw_on_stage",
     "quantfw_on_progress",
 ]
@@ -57,12 +62,12 @@ StagePhase = Literal["started", "finished"]
 class StageEvent:
     """One pipeline stage starting or finishing, as seen by ``quantfw_on_stage`` observers.
 
-    :param stage: the pipeline stage (a :class:`~quantfw.components.Stage`).
+    :param stage: the pipeline stage (a :class:`~quantfw.api.components.Stage`).
     :param phase: ``"started"`` or ``"finished"``.  A stage that raises gets no ``"finished"``.
     :param algorithm: name of the algorithm running in this stage.
     :param elapsed: seconds the stage took, set on ``"finished"`` only (``None`` otherwise).
-    :param context: the running :class:`~quantfw.pipeline.StageContext`; observers may read it
-        but must not change it.
+    :param context: the running :class:`~quantfw.api.context.StageContext`; observers may read
+        it but must not change it.
     """
 
     stage: Stage
@@ -72,8 +77,6 @@ class StageEvent:
     context: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        from .components import Stage
-
         try:
             object.__setattr__(self, "stage", Stage(self.stage))
         except ValueError:
@@ -129,7 +132,29 @@ def quantfw_register_backends(register: Callable[[BackendInfo], None]) -> None:
     """Register backends that lower a model plus recipe to a target's artifact and run it.
 
     :param register: call ``register(BackendInfo(...))`` once per backend.  Backend names are
-        unique across all installed plugins.
+        unique across all installed plugins.  Targets choose their backends (a target's
+        ``backends`` list, or its ``artifact`` format).
+    :return: nothing; returning a value is an error.
+    """
+
+
+@hookspec
+def quantfw_register_converters(register: Callable[[ConverterInfo], None]) -> None:
+    """Register model conversions from one format to another (``torch`` → ``onnx``, …).
+
+    :param register: call ``register(ConverterInfo(...))`` once per conversion.  Converter names
+        are unique across all installed plugins; the registry chains conversions to reach a
+        format no single converter writes.
+    :return: nothing; returning a value is an error.
+    """
+
+
+@hookspec
+def quantfw_register_engines(register: Callable[[EngineInfo], None]) -> None:
+    """Register compute engines for layer-wise algorithms (arrays, autograd, devices).
+
+    :param register: call ``register(EngineInfo(...))`` once per engine.  Engine names are unique
+        across all installed plugins; the core registers ``numpy``.
     :return: nothing; returning a value is an error.
     """
 

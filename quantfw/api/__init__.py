@@ -1,0 +1,84 @@
+"""The contract between quantfw's core and its plugins, in one package.
+
+* :mod:`~quantfw.api.hookspecs` -- the pluggy hooks a plugin implements (registration and events);
+* :mod:`~quantfw.api.components` -- the registrations those hooks pass (``FrontendInfo``,
+  ``AlgorithmInfo``, ``BackendInfo``, ``ConverterInfo``, ``EngineInfo``) and ``Artifact``;
+* :mod:`~quantfw.api.protocols` -- the working objects (``Frontend``, ``Algorithm``, ``Backend``,
+  ``Converter``) and the optional capabilities of a frontend;
+* :mod:`~quantfw.api.context` -- ``StageContext``, what an algorithm sees;
+* :mod:`~quantfw.api.layers` -- ``LayerProblem``, one layer at a time for layer-wise algorithms;
+* :mod:`~quantfw.api.engines` -- compute engines (numpy, torch) for those algorithms;
+* :mod:`~quantfw.api.formats` -- model format names and the extras that bring them.
+
+``docs/contract.md`` is generated from these docstrings (``python -m quantfw.api.reference``).
+"""
+
+from .components import (
+    STAGE_ORDER,
+    AlgorithmInfo,
+    Artifact,
+    BackendInfo,
+    Batch,
+    ComponentError,
+    ConverterInfo,
+    EngineInfo,
+    FrontendInfo,
+    Stage,
+    missing_modules,
+)
+from .context import EngineFactory, ProgressFn, StageContext
+from .engines import Engine, NumpyEngine
+from .formats import FORMAT_EXTRAS, QGRAPH, install_hint_for
+from .hookspecs import PROJECT_NAME, StageEvent, StagePhase, hookimpl, hookspec
+from .layers import LAYER_KINDS, LayerProblem
+from .protocols import (
+    CAPABILITIES,
+    AdaptsCalibration,
+    Algorithm,
+    Backend,
+    BindsInputs,
+    Converter,
+    Frontend,
+    SupportsQAT,
+    capabilities_of,
+    has_capability,
+)
+
+__all__ = [
+    "CAPABILITIES",
+    "FORMAT_EXTRAS",
+    "LAYER_KINDS",
+    "PROJECT_NAME",
+    "QGRAPH",
+    "STAGE_ORDER",
+    "AdaptsCalibration",
+    "Algorithm",
+    "AlgorithmInfo",
+    "Artifact",
+    "Backend",
+    "BackendInfo",
+    "Batch",
+    "BindsInputs",
+    "ComponentError",
+    "Converter",
+    "ConverterInfo",
+    "Engine",
+    "EngineFactory",
+    "EngineInfo",
+    "Frontend",
+    "FrontendInfo",
+    "LayerProblem",
+    "NumpyEngine",
+    "ProgressFn",
+    "Stage",
+    "StageContext",
+    "StageEvent",
+    "StagePhase",
+    "SupportsQAT",
+    "capabilities_of",
+    "has_capability",
+    "hookimpl",
+    "hookspec",
+    "install_hint_for",
+    "missing_modules",
+]

@@ -1,0 +1,186 @@
+"""The stage context: what an algorithm sees and may change while it runs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..recipe import Equalization
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..calibration import CalibrationData
+    from ..graph import QuantGraph
+    from ..planner import QuantPlan
+    from ..recipe import Recipe
+    from ..target import TargetSpec
+    from .engines import Engine
+    from .layers import LayerProblem
+    from .protocols import Frontend
+
+__all__ = ["StageContext", "ProgressFn", "EngineFactory"]
+
+#: ``progress(task, done, total)``: report that ``done`` of ``total`` units of ``task`` are done.
+ProgressFn = Callable[[str, int, "int | None"], None]
+#: ``engines(name, device, autograd)``: the compute engine of that name (``None``: numpy, or the
+#: first engine with autograd when ``autograd`` is true).
+EngineFactory = Callable[["str | None", "str | None", bool], "Engine"]
+
+
+def _no_progress(task: str, done: int, total: int | None) -> None:
+    return None
+
+
+def _numpy_engine(name: str | None, device: str | None, autograd: bool) -> Engine:
+    from .engines import NumpyEngine
+
+    if name not in (None, "numpy") or autograd:
+        raise ValueError(
+            f"no engine {'with autograd' if autograd else repr(name)} here; only 'numpy'"
+        )
+    return NumpyEngine(device)
+
+
+@dataclass
+class StageContext:
+    """What an algorithm sees and changes while it runs.
+
+    Two views of the weights exist side by side: the *float model* (what calibration runs see;
+    transforms such as BatchNorm folding or cross-layer equalisation change it with
+    :meth:`set_weight`) and the *quantized model* (``recipe.weights`` first: SmoothQuant's
+    ``s * W`` or learned rounding, written with :meth:`set_quantized_weight`, only make sense
+    together with quantization).  Neither changes the captured graph's own initializers.
+
+    :ivar model: the user's model object (as the frontend's ``bind`` returned it).
+    :ivar frontend: the frontend working object; ``frontend_name`` its registered name.
+    :ivar graph: the captured graph (read-only for algorithms).
+    :ivar plan: which tensors get which spec.
+    :ivar target: the target spec.
+    :ivar recipe: filled in by the stages.
+    :ivar calibration: validated batches, or ``None`` when none were given.
+    :ivar progress: reports progress of long tasks to observers and progress bars.
+    :ivar options: free-form options from ``quantize(..., options=...)``.
+    :ivar float_weights: the float-model rewrites so far, by initializer name.
+    :ivar engines: makes compute engines (``engines(name, device)``); the pipeline passes the
+        registry's.
+    """
+
+    model: object
+    frontend: Frontend
+    frontend_name: str
+    graph: QuantGraph
+    plan: QuantPlan
+    target: TargetSpec
+    recipe: Recipe
+    calibration: CalibrationData | None
+    progress: ProgressFn = _no_progress
+    options: dict[str, Any] = field(default_factory=dict)
+    float_weights: dict[str, np.ndarray] = field(default_factory=dict)
+    engines: EngineFactory = _numpy_engine
+
+    # -- weights -------------------------------------------------------------------------------
+    def weight(self, name: str) -> np.ndarray:
+        """An initializer as the quantized model will use it: ``recipe.weights`` first, then the
+        float model's (rewritten or captured) value."""
+        if name in self.recipe.weights:
+            return self.recipe.weights[name]
+        return self.float_weight(name)
+
+    def float_weight(self, name: str) -> np.ndarray:
+        """An initializer as the float model has it (after :meth:`set_weight` rewrites)."""
+        if name in self.float_weights:
+            return self.float_weights[name]
+        return self.graph.initializers[name]
+
+    def set_weight(self, name: str, value: np.ndarray) -> None:
+        """Rewrite an initializer of the float model (BatchNorm folding, cross-layer
+        equalisation): calibration runs see it, and the recipe records it so backends use it."""
+        if name not in self.graph.initializers:
+            raise KeyError(f"graph {self.graph.name!r} has no initializer named {name!r}")
+        value = np.asarray(value)
+        self.float_weights[name] = value
+        self.recipe.weights[name] = value
+
+    def set_quantized_weight(self, name: str, value: np.ndarray) -> None:
+        """Rewrite an initializer for the quantized model only (SmoothQuant's ``s * W``, learned
+        rounding): calibration runs of the float model keep the old value."""
+        if name not in self.graph.initializers:
+            raise KeyError(f"graph {self.graph.name!r} has no initializer named {name!r}")
+        self.recipe.weights[name] = np.asarray(value)
+
+    def equalize(
+        self, tensor: str, scale: np.ndarray, consumers: Iterable[str], *, source: str
+    ) -> Equalization:
+        """Record that ``consumers`` read ``tensor`` rescaled by ``1 / scale`` (per channel of the
+        last axis).  The caller multiplies those consumers' weights by ``scale`` along their
+        input-channel axis (:meth:`set_quantized_weight`); the calibrate stage then observes
+        the rescaled value.  See :class:`~quantfw.recipe.Equalization`."""
+        eq = Equalization(tensor, scale, tuple(consumers), source)
+        self.recipe.equalizations[tensor] = eq
+        return eq
+
+    # -- running the model ---------------------------------------------------------------------
+    def collect(
+        self, tensors: Sequence[str], *, quantized: bool = False
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Run the model over the calibration data, yielding the requested tensors per batch.
+
+        :param quantized: run the model with the recipe so far applied as fake quantization
+            (each tensor as its producer computed it, before its own quantizer); by default the
+            float model (with :meth:`set_weight` rewrites) runs.
+        :raises ValueError: when no calibration data was given.
+        """
+        if self.calibration is None:
+            raise ValueError(
+                f"target {self.plan.target!r} needs calibration data for {len(tensors)} "
+                "activation tensor(s): pass calibration_data (or --calib), or quantize "
+                "activations dynamically (overrides={'dynamic': True}) where the target allows it"
+            )
+        done = 0
+        outs_iter = self.frontend.collect(
+            self.model,
+            self.graph,
+            list(tensors),
+            self.calibration,
+            weights=self.float_weights or None,
+            recipe=self.recipe if quantized else None,
+        )
+        for outs in outs_iter:
+            done += 1
+            self.progress("calibration batches", done, None)
+            yield outs
+
+    def layer_problems(
+        self, nodes: Iterable[str] | None = None, *, quantized_inputs: bool = False
+    ) -> Iterator[LayerProblem]:
+        """The weighted layers (``linear``, ``conv``) whose weight the plan quantizes, one
+        :class:`~quantfw.api.layers.LayerProblem` at a time in graph order, each built only when
+        the previous one is done (memory bounded by one layer's data).
+
+        :param nodes: restrict to these node names (in graph order).
+        :param quantized_inputs: what :meth:`LayerProblem.inputs` returns by default: ``True``
+            for the inputs with every earlier layer quantized as the recipe says *at the time
+            they are read* (so weights set on earlier problems count: sequential
+            reconstruction), ``False`` for the float model's.
+        """
+        from .layers import iter_layer_problems
+
+        return iter_layer_problems(self, nodes, quantized_inputs)
+
+    def engine(
+        self, name: str | None = None, device: str | None = None, *, autograd: bool = False
+    ) -> Engine:
+        """A compute engine for layer-wise arithmetic (see :mod:`quantfw.api.engines`).
+
+        :param name: a registered engine (``"numpy"``, ``"torch"``); ``None`` takes
+            ``options["engine"]`` if the user set it, else numpy (or, with ``autograd``, the
+            first engine that has it).
+        :param device: the engine's device (``"cpu"``, ``"cuda"``); ``None`` takes
+            ``options["device"]``, else the engine's default.
+        :param autograd: the algorithm needs gradients.
+        """
+        name = name if name is not None else self.options.get("engine")
+        device = device if device is not None else self.options.get("device")
+        return self.engines(name, device, autograd)

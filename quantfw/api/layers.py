@@ -1,0 +1,176 @@
+"""Layer problems: one weighted layer at a time, framework-neutral, for layer-wise algorithms.
+
+AdaRound, AdaQuant, GPTQ and bias correction all look at one layer ``y = f(x; W, b)`` at a
+time: its float weight and bias, how the plan quantizes the weight and the input, and the input
+activations over the calibration data -- either the float model's or the ones the layer sees
+once every earlier layer is quantized.  :meth:`StageContext.layer_problems
+<quantfw.api.context.StageContext.layer_problems>` hands them out in graph order; the inputs are
+computed by the frontend that captured the model (its ``collect``), batch by batch, so one
+implementation serves ONNX, torch and Keras models alike, and only one layer's data is alive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..graph import Node, OpKind
+from ..numerics import equalize
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..recipe import Equalization, TensorRecipe
+    from ..spec import QuantParams, QuantSpec
+    from .context import StageContext
+
+__all__ = ["LayerProblem", "LAYER_KINDS", "iter_layer_problems"]
+
+#: Op kinds handed out as layer problems.
+LAYER_KINDS = frozenset({OpKind.LINEAR, OpKind.CONV})
+
+
+@dataclass
+class LayerProblem:
+    """One weighted layer: what it computes, how it is quantized, and what it reads.
+
+    :ivar node: the graph node (op kind and layout attributes: ``channel_axis``, ``stride``…).
+    :ivar weight_name: the weight's initializer name; ``weight`` its current value (the
+        quantized model's: SmoothQuant's rescaling and earlier rewrites included), float32.
+    :ivar bias_name: the bias initializer, or ``None``; ``bias`` its current value.
+    :ivar weight_recipe: the weight's spec and parameters from the recipe (``None`` before the
+        calibrate stage has run).
+    :ivar input_name: the activation the layer reads; ``input_recipe`` how it is quantized for
+        this layer (``None``: it reads a float input), ``equalization`` the rescaling on this
+        edge, if any.
+    :ivar quantized_inputs: the default of :meth:`inputs`.
+    """
+
+    node: Node
+    weight_name: str
+    weight: np.ndarray
+    bias_name: str | None
+    bias: np.ndarray | None
+    weight_recipe: TensorRecipe | None
+    input_name: str
+    input_recipe: TensorRecipe | None
+    equalization: Equalization | None
+    quantized_inputs: bool = False
+    _ctx: StageContext | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def weight_spec(self) -> QuantSpec | None:
+        return None if self.weight_recipe is None else self.weight_recipe.spec
+
+    @property
+    def weight_params(self) -> QuantParams | None:
+        return None if self.weight_recipe is None else self.weight_recipe.params
+
+    def inputs(self, *, quantized: bool | None = None) -> Iterator[np.ndarray]:
+        """The layer's input, one array per calibration batch, as the layer multiplies it with
+        its weight: rescaled where the edge is equalised, but *before* the input's own
+        quantizer (``input_recipe`` says how the runtime quantizes it).
+
+        :param quantized: ``True``: computed with every quantizer upstream applied as the
+            recipe says when this is called (rewritten weights of earlier layers included);
+            ``False``: the float model's value.  Default: the problem's ``quantized_inputs``.
+        """
+        ctx = self._require_ctx()
+        quantized = self.quantized_inputs if quantized is None else quantized
+        for outs in ctx.collect([self.input_name], quantized=quantized):
+            yield self._edge(outs[self.input_name])
+
+    def input_pairs(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(float input, quantized-model input)`` per batch, computed side by side (two runs of
+        the model, one batch of each alive at a time)."""
+        yield from zip(self.inputs(quantized=False), self.inputs(quantized=True), strict=True)
+
+    def output(self, x: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
+        """The layer's float output for input ``x`` with ``weight`` (default: the current one),
+        computed by the reference interpreter."""
+        from ..interpreter import layer_output
+
+        return layer_output(self.node, x, self.weight if weight is None else weight, self.bias)
+
+    def set_weight(self, value: np.ndarray) -> None:
+        """Use ``value`` as this layer's weight in the quantized model (``recipe.weights``)."""
+        value = np.asarray(value, dtype=self.weight.dtype)
+        if value.shape != self.weight.shape:
+            raise ValueError(
+                f"layer {self.node.name!r}: new weight has shape {value.shape}, the layer's is "
+                f"{self.weight.shape}"
+            )
+        self._require_ctx().set_quantized_weight(self.weight_name, value)
+        self.weight = value
+
+    def set_bias(self, value: np.ndarray) -> None:
+        """Use ``value`` as this layer's bias in the quantized model (bias correction)."""
+        if self.bias_name is None or self.bias is None:
+            raise ValueError(f"layer {self.node.name!r} has no bias to set")
+        value = np.asarray(value, dtype=self.bias.dtype)
+        if value.shape != self.bias.shape:
+            raise ValueError(
+                f"layer {self.node.name!r}: new bias has shape {value.shape}, the layer's is "
+                f"{self.bias.shape}"
+            )
+        self._require_ctx().set_quantized_weight(self.bias_name, value)
+        self.bias = value
+
+    def _edge(self, x: np.ndarray) -> np.ndarray:
+        if self.equalization is not None and x.dtype.kind == "f":
+            return equalize(x, self.equalization.scale)
+        return x
+
+    def _require_ctx(self) -> StageContext:
+        if self._ctx is None:
+            raise RuntimeError("this LayerProblem was not made by StageContext.layer_problems")
+        return self._ctx
+
+
+def _input_recipe(ctx: StageContext, tensor: str, node: Node) -> TensorRecipe | None:
+    t = ctx.recipe.tensors.get(tensor)
+    if t is None or t.role != "activation":
+        return None
+    if t.consumers is not None and node.name not in t.consumers:
+        return None
+    return t
+
+
+def iter_layer_problems(
+    ctx: StageContext, nodes: Iterable[str] | None, quantized_inputs: bool
+) -> Iterator[LayerProblem]:
+    """See :meth:`quantfw.api.context.StageContext.layer_problems`."""
+    wanted = None if nodes is None else set(nodes)
+    if wanted is not None:
+        unknown = wanted - {n.name for n in ctx.graph.nodes}
+        if unknown:
+            raise KeyError(f"graph {ctx.graph.name!r} has no node(s) named {sorted(unknown)}")
+    planned = {tp.name for tp in ctx.plan.weights()}
+    chosen = [
+        n
+        for n in ctx.graph.nodes
+        if n.op in LAYER_KINDS
+        and n.inputs
+        and n.weights.get("weight") in planned
+        and (wanted is None or n.name in wanted)
+    ]
+    for done, node in enumerate(chosen):
+        ctx.progress("layers", done, len(chosen))
+        w = node.weights["weight"]
+        b = node.weights.get("bias")
+        x = node.inputs[0]
+        yield LayerProblem(
+            node=node,
+            weight_name=w,
+            weight=np.asarray(ctx.weight(w), dtype=np.float32),
+            bias_name=b,
+            bias=None if b is None else np.asarray(ctx.weight(b), dtype=np.float32),
+            weight_recipe=ctx.recipe.tensors.get(w),
+            input_name=x,
+            input_recipe=_input_recipe(ctx, x, node),
+            equalization=ctx.recipe.equalization_for(x, node.name),
+            quantized_inputs=quantized_inputs,
+            _ctx=ctx,
+        )
+    ctx.progress("layers", len(chosen), len(chosen))
