@@ -18,6 +18,7 @@ from .api import (
     Frontend,
     FrontendInfo,
     LayerProblem,
+    QuantizationResult,
     Stage,
     StageContext,
     hookimpl,
@@ -25,7 +26,7 @@ from .api import (
 )
 from .errors import QuantfwError, UnavailableError
 from .graph import Node, OpKind, QuantGraph
-from .pipeline import QuantizationResult, quantize
+from .pipeline import quantize
 from .planner import Overrides, QuantPlan, plan
 from .plugins import get_plugin_manager, get_registry
 from .recipe import Equalization, Recipe, TensorRecipe

@@ -110,4 +110,6 @@ def quantfw_register_targets(register: Callable[[object], None]) -> None:
 
 @hookimpl
 def quantfw_register_engines(register: Callable[[EngineInfo], None]) -> None:
-    register(EngineInfo("numpy", _numpy_engine, description="numpy arrays on the CPU (no autograd)"))
+    register(
+        EngineInfo("numpy", _numpy_engine, description="numpy arrays on the CPU (no autograd)")
+    )

@@ -26,9 +26,7 @@ def _parse_algorithm(text: str, hint: str = "--algorithm") -> tuple[str, dict[st
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         if not eq:
-            raise click.BadParameter(
-                f"{text!r}: option {part!r} needs key=value", param_hint=hint
-            )
+            raise click.BadParameter(f"{text!r}: option {part!r} needs key=value", param_hint=hint)
         try:
             options[key.strip()] = json.loads(value)
         except json.JSONDecodeError:

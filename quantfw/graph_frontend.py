@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .api.components import Batch
+from .api.data import Batch
 from .graph import QuantGraph
 from .graph_io import GRAPH_SUFFIX, load_graph
 from .interpreter import run_graph
@@ -74,14 +74,15 @@ class GraphFrontend:
         on_tensor, on_input = activation_hooks(recipe)
         wanted = set(names)
 
+        seen: dict[str, np.ndarray] = {}
+
+        def record(name: str, value: np.ndarray) -> np.ndarray:
+            if name in wanted:
+                seen[name] = value  # as the producer computed it, before its quantizer
+            return on_tensor(name, value)
+
         for batch in batches:
-            seen: dict[str, np.ndarray] = {}
-
-            def record(name: str, value: np.ndarray) -> np.ndarray:
-                if name in wanted:
-                    seen[name] = value  # as the producer computed it, before its quantizer
-                return on_tensor(name, value)
-
+            seen.clear()
             run_graph(graph, batch, outputs=[], weights=consts, on_tensor=record, on_input=on_input)
             yield {t: seen[t] for t in names}
 

@@ -134,7 +134,9 @@ def layer_output(
         return _linear(x, weight, bias, node.attrs)
     if node.op is OpKind.CONV:
         return _conv2d(x, weight, bias, node.attrs)
-    raise GraphError(f"node {node.name!r}: layer_output computes linear and conv, not {node.op.value}")
+    raise GraphError(
+        f"node {node.name!r}: layer_output computes linear and conv, not {node.op.value}"
+    )
 
 
 def _eval(node: Node, args: list[np.ndarray], wt: Mapping[str, np.ndarray]) -> np.ndarray:

@@ -5,22 +5,23 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .api.components import STAGE_ORDER, AlgorithmInfo, Artifact, Batch, Stage
+from .api.components import STAGE_ORDER, AlgorithmInfo, Stage
 from .api.context import StageContext
+from .api.data import Artifact
 from .api.formats import install_hint_for
-from .api.protocols import AdaptsCalibration, BindsInputs, Frontend
+from .api.protocols import AdaptsCalibration, BindsInputs
+from .api.result import QuantizationResult
 from .calibration import CalibrationData
 from .errors import UnavailableError
 from .graph import QuantGraph
-from .planner import Overrides, QuantPlan, plan
+from .planner import Overrides, plan
 from .recipe import Recipe
 from .summary import Summary
 from .version import __version__
@@ -53,25 +54,6 @@ DEFAULT_ALGORITHMS: dict[Stage, str] = {
 AlgorithmChoice = str | tuple[str, Mapping[str, Any]]
 #: What ``quantize(algorithms=...)`` takes: one choice, a list of them, or ``{name: options}``.
 AlgorithmChoices = AlgorithmChoice | Iterable[AlgorithmChoice] | Mapping[str, Mapping[str, Any]]
-
-
-@dataclass
-class QuantizationResult:
-    """What :func:`quantize` returns."""
-
-    recipe: Recipe
-    artifact: Artifact | None
-    summary: Summary
-    graph: QuantGraph
-    plan: QuantPlan
-    model: object = field(repr=False, default=None)
-    frontend: Frontend | None = field(repr=False, default=None)
-
-    def simulate(self) -> Callable[[Batch], dict[str, np.ndarray]]:
-        """A callable running the model with the recipe applied as fake quantization."""
-        if self.frontend is None:
-            raise ValueError("this result carries no frontend to simulate with")
-        return self.frontend.simulate(self.model, self.graph, self.recipe)
 
 
 def _normalise_algorithms(algorithms: AlgorithmChoices | None) -> list[tuple[str, dict[str, Any]]]:
@@ -290,8 +272,7 @@ def _backend_note(registry: Registry, spec: TargetSpec, backends: list, usable: 
     reasons = [f"{b.name}: {b.availability()[1]}" for b in backends]
     hint = install_hint_for(spec.artifact)
     reasons += [
-        f"{name}: no installed plugin provides it{f' ({hint})' if hint else ''}"
-        for name in missing
+        f"{name}: no installed plugin provides it{f' ({hint})' if hint else ''}" for name in missing
     ]
     return f"no usable backend for {spec.name!r} ({'; '.join(reasons)})"
 

@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .api.protocols import SupportsQAT
-from .pipeline import QuantizationResult, lower, quantize
+from .api.result import QuantizationResult
+from .pipeline import lower, quantize
 from .summary import Summary
 
 if TYPE_CHECKING:  # pragma: no cover

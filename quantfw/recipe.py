@@ -109,11 +109,11 @@ class Equalization:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Equalization):
             return NotImplemented
-        return (
-            (self.tensor, self.consumers, self.source)
-            == (other.tensor, other.consumers, other.source)
-            and np.array_equal(self.scale, other.scale)
-        )
+        return (self.tensor, self.consumers, self.source) == (
+            other.tensor,
+            other.consumers,
+            other.source,
+        ) and np.array_equal(self.scale, other.scale)
 
 
 @dataclass

@@ -42,6 +42,7 @@ from .plugins import (
 
 __all__ = ["check_plugin", "quantfw_plugin_manager", "quantfw_registry_with", "plugin_name"]
 
+
 @pytest.fixture
 def quantfw_plugin_manager(monkeypatch: pytest.MonkeyPatch) -> Iterator[QuantfwPluginManager]:
     """A fresh plugin manager holding only the built-in plugins (no entry points), installed as

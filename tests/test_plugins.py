@@ -19,9 +19,15 @@ import pluggy
 import pytest
 
 import quantfw.builtins
-from quantfw.api import hookspecs
-from quantfw.api import AlgorithmInfo, BackendInfo, FrontendInfo, Stage
-from quantfw.api import StageEvent, hookimpl
+from quantfw.api import (
+    AlgorithmInfo,
+    BackendInfo,
+    FrontendInfo,
+    Stage,
+    StageEvent,
+    hookimpl,
+    hookspecs,
+)
 from quantfw.plugins import (
     DEFAULT_PLUGINS,
     DISABLE_ENV_VAR,
@@ -575,7 +581,9 @@ def test_backends_for_a_target(quantfw_registry_with) -> None:
         def quantfw_register_backends(self, register):
             register(BackendInfo("sim-backend", object, artifact_format="onnx"))
             register(
-                BackendInfo("xyz-backend", object, artifact_format="onnx", requires=("no_such_xyz",))
+                BackendInfo(
+                    "xyz-backend", object, artifact_format="onnx", requires=("no_such_xyz",)
+                )
             )
             register(BackendInfo("lite-backend", object, artifact_format="tflite"))
 

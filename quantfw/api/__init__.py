@@ -2,10 +2,12 @@
 
 * :mod:`~quantfw.api.hookspecs` -- the pluggy hooks a plugin implements (registration and events);
 * :mod:`~quantfw.api.components` -- the registrations those hooks pass (``FrontendInfo``,
-  ``AlgorithmInfo``, ``BackendInfo``, ``ConverterInfo``, ``EngineInfo``) and ``Artifact``;
-* :mod:`~quantfw.api.protocols` -- the working objects (``Frontend``, ``Algorithm``, ``Backend``,
+  ``AlgorithmInfo``, ``BackendInfo``, ``ConverterInfo``, ``EngineInfo``);
+* :mod:`~quantfw.api.protocols` -- the working objects (``Frontend``, ``Backend``,
   ``Converter``) and the optional capabilities of a frontend;
-* :mod:`~quantfw.api.context` -- ``StageContext``, what an algorithm sees;
+* :mod:`~quantfw.api.context` -- ``StageContext``, what an ``Algorithm`` sees;
+* :mod:`~quantfw.api.data` and :mod:`~quantfw.api.result` -- ``Batch``, ``Artifact`` and
+  ``QuantizationResult``;
 * :mod:`~quantfw.api.layers` -- ``LayerProblem``, one layer at a time for layer-wise algorithms;
 * :mod:`~quantfw.api.engines` -- compute engines (numpy, torch) for those algorithms;
 * :mod:`~quantfw.api.formats` -- model format names and the extras that bring them.
@@ -16,9 +18,7 @@
 from .components import (
     STAGE_ORDER,
     AlgorithmInfo,
-    Artifact,
     BackendInfo,
-    Batch,
     ComponentError,
     ConverterInfo,
     EngineInfo,
@@ -26,15 +26,15 @@ from .components import (
     Stage,
     missing_modules,
 )
-from .context import EngineFactory, ProgressFn, StageContext
+from .context import Algorithm, EngineFactory, ProgressFn, StageContext
+from .data import Artifact, Batch
 from .engines import Engine, NumpyEngine
 from .formats import FORMAT_EXTRAS, QGRAPH, install_hint_for
 from .hookspecs import PROJECT_NAME, StageEvent, StagePhase, hookimpl, hookspec
-from .layers import LAYER_KINDS, LayerProblem
+from .layers import LAYER_KINDS, LayerHost, LayerProblem
 from .protocols import (
     CAPABILITIES,
     AdaptsCalibration,
-    Algorithm,
     Backend,
     BindsInputs,
     Converter,
@@ -43,6 +43,7 @@ from .protocols import (
     capabilities_of,
     has_capability,
 )
+from .result import QuantizationResult
 
 __all__ = [
     "CAPABILITIES",
@@ -67,9 +68,11 @@ __all__ = [
     "EngineInfo",
     "Frontend",
     "FrontendInfo",
+    "LayerHost",
     "LayerProblem",
     "NumpyEngine",
     "ProgressFn",
+    "QuantizationResult",
     "Stage",
     "StageContext",
     "StageEvent",

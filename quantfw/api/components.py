@@ -11,23 +11,19 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .context import Algorithm
     from .engines import Engine
-    from .protocols import Algorithm, Backend, Converter, Frontend
+    from .protocols import Backend, Converter, Frontend
 
 __all__ = [
     "Stage",
     "STAGE_ORDER",
-    "Batch",
-    "Artifact",
     "FrontendInfo",
     "AlgorithmInfo",
     "BackendInfo",
@@ -36,9 +32,6 @@ __all__ = [
     "ComponentError",
     "missing_modules",
 ]
-
-#: One calibration / inference batch: model input name → array (first axis = samples).
-Batch = Mapping[str, np.ndarray]
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
@@ -104,22 +97,6 @@ class _Requires:
             return True, ""
         hint = f" ({self.install_hint})" if self.install_hint else ""
         return False, f"needs {', '.join(missing)} installed{hint}"
-
-
-@dataclass
-class Artifact:
-    """What a backend produced: a file on disk plus what it is for.
-
-    :param path: the artifact file.
-    :param target: the target name it was lowered for.
-    :param format: its file format (a :class:`BackendInfo` ``artifact_format``).
-    :param metadata: backend-specific facts (opset, op counts, file size, runtime …).
-    """
-
-    path: Path
-    target: str
-    format: str
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

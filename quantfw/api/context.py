@@ -1,26 +1,27 @@
-"""The stage context: what an algorithm sees and may change while it runs."""
+"""The stage context -- what an algorithm sees and may change while it runs -- and the
+:class:`Algorithm` protocol of the objects that run in it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..recipe import Equalization
+from .layers import LAYER_KINDS, LayerProblem
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..calibration import CalibrationData
-    from ..graph import QuantGraph
+    from ..graph import Node, QuantGraph
     from ..planner import QuantPlan
-    from ..recipe import Recipe
+    from ..recipe import Recipe, TensorRecipe
     from ..target import TargetSpec
     from .engines import Engine
-    from .layers import LayerProblem
     from .protocols import Frontend
 
-__all__ = ["StageContext", "ProgressFn", "EngineFactory"]
+__all__ = ["Algorithm", "StageContext", "ProgressFn", "EngineFactory"]
 
 #: ``progress(task, done, total)``: report that ``done`` of ``total`` units of ``task`` are done.
 ProgressFn = Callable[[str, int, "int | None"], None]
@@ -41,6 +42,22 @@ def _numpy_engine(name: str | None, device: str | None, autograd: bool) -> Engin
             f"no engine {'with autograd' if autograd else repr(name)} here; only 'numpy'"
         )
     return NumpyEngine(device)
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+    """One step of the pipeline, bound to a :class:`~quantfw.api.components.Stage`.
+
+    ``run`` reads and updates the :class:`StageContext`: transform
+    algorithms rewrite weights (:meth:`StageContext.set_weight`) and record
+    per-channel equalisations, calibrate algorithms fill ``ctx.recipe`` tensor parameters from
+    activations, round algorithms choose the integer weights (layer by layer through
+    :meth:`StageContext.layer_problems`), finalize algorithms adjust biases
+    and similar.
+    """
+
+    def run(self, ctx: StageContext) -> None:
+        """Do the work; raise ``ValueError`` with a clear message on bad input."""
 
 
 @dataclass
@@ -165,9 +182,50 @@ class StageContext:
             they are read* (so weights set on earlier problems count: sequential
             reconstruction), ``False`` for the float model's.
         """
-        from .layers import iter_layer_problems
+        wanted = None if nodes is None else set(nodes)
+        if wanted is not None:
+            unknown = wanted - {n.name for n in self.graph.nodes}
+            if unknown:
+                raise KeyError(f"graph {self.graph.name!r} has no node(s) named {sorted(unknown)}")
+        planned = {tp.name for tp in self.plan.weights()}
+        chosen = [
+            n
+            for n in self.graph.nodes
+            if n.op in LAYER_KINDS
+            and n.inputs
+            and n.weights.get("weight") in planned
+            and (wanted is None or n.name in wanted)
+        ]
+        return self._layer_problems(chosen, quantized_inputs)
 
-        return iter_layer_problems(self, nodes, quantized_inputs)
+    def _layer_problems(self, chosen: list[Node], quantized_inputs: bool) -> Iterator[LayerProblem]:
+        for done, node in enumerate(chosen):
+            self.progress("layers", done, len(chosen))
+            w = node.weights["weight"]
+            b = node.weights.get("bias")
+            x = node.inputs[0]
+            yield LayerProblem(
+                node=node,
+                weight_name=w,
+                weight=np.asarray(self.weight(w), dtype=np.float32),
+                bias_name=b,
+                bias=None if b is None else np.asarray(self.weight(b), dtype=np.float32),
+                weight_recipe=self.recipe.tensors.get(w),
+                input_name=x,
+                input_recipe=self._input_recipe(x, node),
+                equalization=self.recipe.equalization_for(x, node.name),
+                quantized_inputs=quantized_inputs,
+                host=self,
+            )
+        self.progress("layers", len(chosen), len(chosen))
+
+    def _input_recipe(self, tensor: str, node: Node) -> TensorRecipe | None:
+        t = self.recipe.tensors.get(tensor)
+        if t is None or t.role != "activation":
+            return None
+        if t.consumers is not None and node.name not in t.consumers:
+            return None
+        return t
 
     def engine(
         self, name: str | None = None, device: str | None = None, *, autograd: bool = False

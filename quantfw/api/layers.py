@@ -11,9 +11,9 @@ implementation serves ONNX, torch and Keras models alike, and only one layer's d
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -23,12 +23,22 @@ from ..numerics import equalize
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe import Equalization, TensorRecipe
     from ..spec import QuantParams, QuantSpec
-    from .context import StageContext
 
-__all__ = ["LayerProblem", "LAYER_KINDS", "iter_layer_problems"]
+__all__ = ["LayerProblem", "LayerHost", "LAYER_KINDS"]
 
 #: Op kinds handed out as layer problems.
 LAYER_KINDS = frozenset({OpKind.LINEAR, OpKind.CONV})
+
+
+class LayerHost(Protocol):
+    """What a layer problem asks of the context that made it (the
+    :class:`~quantfw.api.context.StageContext`)."""
+
+    def collect(
+        self, tensors: Sequence[str], *, quantized: bool = False
+    ) -> Iterator[dict[str, np.ndarray]]: ...
+
+    def set_quantized_weight(self, name: str, value: np.ndarray) -> None: ...
 
 
 @dataclass
@@ -57,7 +67,7 @@ class LayerProblem:
     input_recipe: TensorRecipe | None
     equalization: Equalization | None
     quantized_inputs: bool = False
-    _ctx: StageContext | None = field(default=None, repr=False, compare=False)
+    host: LayerHost | None = field(default=None, repr=False, compare=False)
 
     @property
     def weight_spec(self) -> QuantSpec | None:
@@ -76,9 +86,8 @@ class LayerProblem:
             recipe says when this is called (rewritten weights of earlier layers included);
             ``False``: the float model's value.  Default: the problem's ``quantized_inputs``.
         """
-        ctx = self._require_ctx()
         quantized = self.quantized_inputs if quantized is None else quantized
-        for outs in ctx.collect([self.input_name], quantized=quantized):
+        for outs in self._host().collect([self.input_name], quantized=quantized):
             yield self._edge(outs[self.input_name])
 
     def input_pairs(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -101,7 +110,7 @@ class LayerProblem:
                 f"layer {self.node.name!r}: new weight has shape {value.shape}, the layer's is "
                 f"{self.weight.shape}"
             )
-        self._require_ctx().set_quantized_weight(self.weight_name, value)
+        self._host().set_quantized_weight(self.weight_name, value)
         self.weight = value
 
     def set_bias(self, value: np.ndarray) -> None:
@@ -114,7 +123,7 @@ class LayerProblem:
                 f"layer {self.node.name!r}: new bias has shape {value.shape}, the layer's is "
                 f"{self.bias.shape}"
             )
-        self._require_ctx().set_quantized_weight(self.bias_name, value)
+        self._host().set_quantized_weight(self.bias_name, value)
         self.bias = value
 
     def _edge(self, x: np.ndarray) -> np.ndarray:
@@ -122,55 +131,7 @@ class LayerProblem:
             return equalize(x, self.equalization.scale)
         return x
 
-    def _require_ctx(self) -> StageContext:
-        if self._ctx is None:
+    def _host(self) -> LayerHost:
+        if self.host is None:
             raise RuntimeError("this LayerProblem was not made by StageContext.layer_problems")
-        return self._ctx
-
-
-def _input_recipe(ctx: StageContext, tensor: str, node: Node) -> TensorRecipe | None:
-    t = ctx.recipe.tensors.get(tensor)
-    if t is None or t.role != "activation":
-        return None
-    if t.consumers is not None and node.name not in t.consumers:
-        return None
-    return t
-
-
-def iter_layer_problems(
-    ctx: StageContext, nodes: Iterable[str] | None, quantized_inputs: bool
-) -> Iterator[LayerProblem]:
-    """See :meth:`quantfw.api.context.StageContext.layer_problems`."""
-    wanted = None if nodes is None else set(nodes)
-    if wanted is not None:
-        unknown = wanted - {n.name for n in ctx.graph.nodes}
-        if unknown:
-            raise KeyError(f"graph {ctx.graph.name!r} has no node(s) named {sorted(unknown)}")
-    planned = {tp.name for tp in ctx.plan.weights()}
-    chosen = [
-        n
-        for n in ctx.graph.nodes
-        if n.op in LAYER_KINDS
-        and n.inputs
-        and n.weights.get("weight") in planned
-        and (wanted is None or n.name in wanted)
-    ]
-    for done, node in enumerate(chosen):
-        ctx.progress("layers", done, len(chosen))
-        w = node.weights["weight"]
-        b = node.weights.get("bias")
-        x = node.inputs[0]
-        yield LayerProblem(
-            node=node,
-            weight_name=w,
-            weight=np.asarray(ctx.weight(w), dtype=np.float32),
-            bias_name=b,
-            bias=None if b is None else np.asarray(ctx.weight(b), dtype=np.float32),
-            weight_recipe=ctx.recipe.tensors.get(w),
-            input_name=x,
-            input_recipe=_input_recipe(ctx, x, node),
-            equalization=ctx.recipe.equalization_for(x, node.name),
-            quantized_inputs=quantized_inputs,
-            _ctx=ctx,
-        )
-    ctx.progress("layers", len(chosen), len(chosen))
+        return self.host

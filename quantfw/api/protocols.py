@@ -1,7 +1,8 @@
 """The working objects a plugin's factories return, and the optional capabilities they may have.
 
-Required protocols: :class:`Frontend`, :class:`Algorithm`, :class:`Backend`, :class:`Converter`
-(and :class:`~quantfw.api.engines.Engine`).  A frontend may also implement any of the capability
+Required protocols: :class:`Frontend`, :class:`Backend`, :class:`Converter` (with
+:class:`~quantfw.api.context.Algorithm` beside the stage context it runs in, and
+:class:`~quantfw.api.engines.Engine`).  A frontend may also implement any of the capability
 protocols :class:`BindsInputs`, :class:`AdaptsCalibration` and :class:`SupportsQAT`; the pipeline
 uses a capability exactly when :func:`has_capability` says the object has it, and
 :func:`quantfw.plugins.check_plugin` (``deep=True``) checks the methods' signatures against these
@@ -17,17 +18,15 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..graph import QuantGraph
-from .components import Artifact, Batch
+from .data import Artifact, Batch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..pipeline import QuantizationResult
     from ..recipe import Recipe
     from ..target import TargetSpec
-    from .context import StageContext
+    from .result import QuantizationResult
 
 __all__ = [
     "Frontend",
-    "Algorithm",
     "Backend",
     "Converter",
     "BindsInputs",
@@ -98,22 +97,6 @@ class Frontend(Protocol):
 
 
 @runtime_checkable
-class Algorithm(Protocol):
-    """One step of the pipeline, bound to a :class:`~quantfw.api.components.Stage`.
-
-    ``run`` reads and updates the :class:`~quantfw.api.context.StageContext`: transform
-    algorithms rewrite weights (:meth:`~quantfw.api.context.StageContext.set_weight`) and record
-    per-channel equalisations, calibrate algorithms fill ``ctx.recipe`` tensor parameters from
-    activations, round algorithms choose the integer weights (layer by layer through
-    :meth:`~quantfw.api.context.StageContext.layer_problems`), finalize algorithms adjust biases
-    and similar.
-    """
-
-    def run(self, ctx: StageContext) -> None:
-        """Do the work; raise ``ValueError`` with a clear message on bad input."""
-
-
-@runtime_checkable
 class Backend(Protocol):
     """Lowers a model plus Recipe to a target's artifact and runs it."""
 
@@ -158,7 +141,9 @@ class Converter(Protocol):
 class BindsInputs(Protocol):
     """A frontend that must pair a model with example inputs before capturing it (tracing)."""
 
-    def bind(self, model: object, *, example_inputs: Any = None, calibration_data: Any = None) -> object:
+    def bind(
+        self, model: object, *, example_inputs: Any = None, calibration_data: Any = None
+    ) -> object:
         """The object ``capture``/``collect``/``simulate`` receive: ``model`` with what capturing
         it needs (``example_inputs``, or taken from the first batch of ``calibration_data``).
 

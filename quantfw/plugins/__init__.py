@@ -18,7 +18,6 @@ from .build import REGISTRATION_HOOKS, build_registry, coerce_registration
 from .conformance import check_plugin, plugin_name, protocol_problems
 from .conversions import ConversionError
 from .errors import (
-    DuplicateComponentError,
     PluginError,
     UnavailableComponentError,
     UnknownComponentError,
@@ -32,7 +31,7 @@ from .manager import (
     hook_names,
     make_plugin_manager,
 )
-from .registry import Registry
+from .registry import DuplicateComponentError, Registry
 from .reports import KINDS, ComponentStatus, Conflict, PluginReport, canonical_name
 from .state import get_plugin_manager, get_registry, reset_plugin_manager, use_plugin_manager
 

@@ -14,8 +14,9 @@ import inspect
 import sys
 from typing import Any
 
+from ..api.context import Algorithm
 from ..api.engines import Engine
-from ..api.protocols import CAPABILITIES, Algorithm, Backend, Converter, Frontend
+from ..api.protocols import CAPABILITIES, Backend, Converter, Frontend
 from .build import build_registry
 from .manager import DEFAULT_PLUGINS, QuantfwPluginManager
 from .registry import Registry
@@ -49,9 +50,7 @@ def plugin_name(plugin: Any, pm: QuantfwPluginManager | None = None) -> str:
 def _members(protocol: type) -> tuple[list[str], list[str]]:
     """``(methods, data attributes)`` a protocol declares."""
     methods = [
-        n
-        for n, v in vars(protocol).items()
-        if not n.startswith("_") and inspect.isfunction(v)
+        n for n, v in vars(protocol).items() if not n.startswith("_") and inspect.isfunction(v)
     ]
     data = [n for n in getattr(protocol, "__annotations__", {}) if not n.startswith("_")]
     return methods, data
@@ -100,9 +99,7 @@ def protocol_problems(obj: Any, protocol: type, label: str) -> list[str]:
         if not callable(impl):
             problems.append(f"{label}: lacks method {name}()")
             continue
-        problems.extend(
-            _signature_problems(f"{label}: {name}()", impl, getattr(protocol, name))
-        )
+        problems.extend(_signature_problems(f"{label}: {name}()", impl, getattr(protocol, name)))
     return problems
 
 

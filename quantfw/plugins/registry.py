@@ -28,7 +28,7 @@ from ..api.components import (
 )
 from ..api.formats import QGRAPH, install_hint_for
 from .conversions import ConversionError, describe_missing, find_path, run_path
-from .errors import DuplicateComponentError, UnavailableComponentError, UnknownComponentError
+from .errors import PluginError, UnavailableComponentError, UnknownComponentError
 from .reports import KINDS, ComponentStatus, Conflict, PluginReport
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..target import TargetSpec
     from .manager import QuantfwPluginManager
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "DuplicateComponentError"]
 
 logger = logging.getLogger("quantfw.plugins")
 
@@ -53,6 +53,24 @@ def _kind(kind: str) -> str:
 def _known(names: Iterable[str]) -> str:
     names = sorted(names)
     return ", ".join(names) if names else "none"
+
+
+class DuplicateComponentError(PluginError):
+    """Two plugins (or one plugin twice) registered the same component name.
+
+    ``registry`` is the registry built anyway (the first registration of each name kept), so a
+    listing such as ``quantfw plugins`` can still show everything; ``conflicts`` lists each clash.
+    """
+
+    def __init__(self, conflicts: list[Conflict], registry: Registry) -> None:
+        self.conflicts = list(conflicts)
+        self.registry = registry
+        lines = [c.message() for c in self.conflicts]
+        super().__init__(
+            "conflicting plugin registrations:\n  " + "\n  ".join(lines)
+            if len(lines) > 1
+            else lines[0]
+        )
 
 
 class Registry:

@@ -669,7 +669,10 @@ class _Writer:
             )
         )
         return helper.make_node(
-            "Mul", [src, factor], [self.fresh(f"{name}_equalized")], name=self.fresh(f"{name}_Equalize")
+            "Mul",
+            [src, factor],
+            [self.fresh(f"{name}_equalized")],
+            name=self.fresh(f"{name}_Equalize"),
         )
 
     # -- checks --------------------------------------------------------------------------------

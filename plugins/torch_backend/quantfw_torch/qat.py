@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from quantfw.algorithms.calibrate import absmean_params, bias_params
-from quantfw.pipeline import QuantizationResult
+from quantfw.api import QuantizationResult
 from quantfw.recipe import Recipe, TensorRecipe
 
 from .bind import WeightedOp, bind
