@@ -3,7 +3,7 @@
 * frontend ``graph``: QuantGraph objects and ``.qgraph`` files, run by the numpy interpreter;
 * calibrate algorithms ``minmax``, ``moving_average``, ``percentile``, ``entropy``, ``mse``;
 * round algorithm ``nearest``; transforms ``smoothquant`` (default) and ``none``;
-* the target specs shipped in ``quantfw/targets/`` (``generic``: simulation only).
+* the target specs shipped in ``quantfw/target/targets/`` (``generic``: simulation only).
 """
 
 from __future__ import annotations
