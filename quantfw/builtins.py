@@ -4,7 +4,7 @@
 * calibrate algorithms ``minmax``, ``moving_average``, ``percentile``, ``entropy``, ``mse``;
 * round algorithm ``nearest``; transforms ``smoothquant`` (default) and ``none``;
 * the compute engine ``numpy`` for layer-wise algorithms;
-* the target specs shipped with the core (``generic``: simulation only).
+* the target specs shipped in ``quantfw/target/targets/`` (``generic``: simulation only).
 """
 
 from __future__ import annotations

@@ -630,7 +630,7 @@ def test_fixed_output_propagates_through_share_group() -> None:
 
 
 def test_plan_to_dict_and_explain(generic: TargetSpec) -> None:
-    p = generic.plan(residual_graph())
+    p = plan(residual_graph(), generic)
     d = p.to_dict()
     assert d["target"] == "generic"
     assert d["share_groups"] == {"cat": ["ba", "bb", "cat_out", "p", "f"]}

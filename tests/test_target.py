@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import textwrap
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import quantfw.target
 from quantfw.graph import OpKind
 from quantfw.spec import QuantSpec
 from quantfw.target import (
@@ -535,3 +537,31 @@ def test_weight_only_errors(weight_only: Any, extra: dict[str, Any], fragments: 
     assert msg.startswith("mini.toml: ops.weight_only"), msg
     for frag in fragments:
         assert frag in msg, msg
+
+
+def test_target_package_does_not_import_the_planner() -> None:
+    """The planner reads targets; a target never reaches back into the planner (no import loop)."""
+    for path in Path(quantfw.target.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any("planner" in n for n in names), f"{path.name}:{node.lineno}"
+
+
+def test_backends_are_a_list_of_names_in_order() -> None:
+    doc = minimal()
+    doc["backends"] = ["onnxruntime", "my-npu.rt"]
+    spec = TargetSpec.from_dict(doc, source="mini.toml")
+    assert spec.backends == ("onnxruntime", "my-npu.rt")
+    assert spec.to_dict()["backends"] == ["onnxruntime", "my-npu.rt"]
+    assert TargetSpec.from_dict(minimal(), source="mini.toml").backends == ()
+    doc["backends"] = ["onnxruntime", "Bad Name"]
+    with pytest.raises(TargetSpecError, match=r"mini\.toml: backends\[1\]: 'Bad Name'"):
+        TargetSpec.from_dict(doc, source="mini.toml")
+    doc["backends"] = "onnxruntime"
+    with pytest.raises(TargetSpecError, match=r"mini\.toml: backends: 'onnxruntime'.*an array"):
+        TargetSpec.from_dict(doc, source="mini.toml")
