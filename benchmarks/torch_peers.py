@@ -15,7 +15,7 @@ Peers:
   dynamic s8 weights, activations quantized per call) on Hugging Face all-MiniLM-L6-v2.
 
 Protocol, mirrored from ``x86_peers.py`` so torch and ONNX rows compare: digits accuracy on the
-test split of :func:`quantfw_onnx.models.digits_data`; MiniLM calibration on 128 docstring
+test split of :func:`quantfw.samples.digits_data`; MiniLM calibration on 128 docstring
 sentences and evaluation on the 512 after them (same seed), cosine of the mean-pooled sentence
 embedding to the float torch model's; latency is the median over repeats, visiting every system
 in rotating order with a 0.1 s pause and one untimed call before each timed call
@@ -292,7 +292,7 @@ def pt2e_x86_cnn(
 def cnn_metrics(
     predict: Callable[[np.ndarray], np.ndarray], data: Any, reference: np.ndarray | None = None
 ) -> dict[str, float]:
-    """``accuracy``: top-1 on the test split of a ``quantfw_onnx`` ``DigitsData``; with
+    """``accuracy``: top-1 on the test split of a ``quantfw.samples`` ``DigitsData``; with
     ``reference`` (the float model's test logits) also ``agree_float``, the share of test images
     whose top-1 class matches the float model's."""
     logits = predict(data.x_test)
@@ -339,7 +339,7 @@ def minilm_sentences(quick: bool = False) -> tuple[list[str], list[str]]:
 
     128 and the 512 after them (seed 0); ``quick``: 32 and 128.
     """
-    from quantfw_onnx.models import docstring_sentences
+    from quantfw.samples import docstring_sentences
 
     n_cal, n_eval = (32, 128) if quick else (MINILM_CALIB, MINILM_EVAL)
     cal = docstring_sentences(n_cal, seed=0, offset=0)
@@ -410,20 +410,21 @@ def _ratios(rows: list[Row], med: dict[str, dict[str, float]], base: str) -> Non
 
 
 def _cnn(quick: bool, log: Callable[[str], None]) -> list[Row]:
-    from quantfw_onnx.models import digits_cnn, digits_forward
     from quantfw_torch.models import digits_cnn_module
+
+    from quantfw.samples import digits_cnn_forward, digits_cnn_weights, digits_data
 
     t = time.perf_counter()
     module = digits_cnn_module(0)
-    _, data = digits_cnn(0)
+    data = digits_data()
     log(f"[cnn] float module (numpy training, cached per seed): {time.perf_counter() - t:.1f} s")
     x_test = torch.from_numpy(data.x_test)
     with torch.no_grad():
         logits = module(x_test).numpy()
-    diff = float(np.abs(logits - digits_forward(data.weights, data.x_test)).max())
+    diff = float(np.abs(logits - digits_cnn_forward(digits_cnn_weights(0), data.x_test)).max())
     log(f"[cnn] torch vs numpy reference logits: max |diff| {diff:.2e} on {len(x_test)} images")
     if diff > 1e-4:
-        raise AssertionError(f"digits_cnn_module differs from digits_forward by {diff}")
+        raise AssertionError(f"digits_cnn_module differs from digits_cnn_forward by {diff}")
 
     xc = torch.from_numpy(data.x_calib)
     calib = [xc[i : i + 32] for i in range(0, len(xc), 32)]

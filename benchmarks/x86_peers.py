@@ -10,7 +10,7 @@ transformers, plus "ort static tuned": quantize_static restricted by hand to Mat
 Gather tables, see FINDINGS); then quantfw's own rows from :func:`ours_rows` (one per
 calibrator, plus dynamic).
 
-Models: (a) the numpy-trained digits CNN of ``quantfw_onnx.models`` -- top-1 accuracy on its test
+Models: (a) the numpy-trained digits CNN of ``quantfw_onnx.samples`` -- top-1 accuracy on its test
 split; (b) all-MiniLM-L6-v2 (``minilm_export.py``) -- calibration on 128 standard-library docstring
 sentences, evaluation on 512 disjoint ones: mean and 5th-percentile cosine of each sentence
 embedding to the float one, top-1 retrieval agreement with float (each sentence's nearest other
@@ -444,7 +444,7 @@ class Bench:
 
 def cnn_bench(workdir: Path, quick: bool) -> Bench:
     import onnx
-    from quantfw_onnx.models import digits_cnn
+    from quantfw_onnx.samples import digits_cnn
 
     model, data = digits_cnn(0)
     path = workdir / "digits_cnn.onnx"
@@ -471,7 +471,8 @@ def cnn_bench(workdir: Path, quick: bool) -> Bench:
 
 def minilm_bench(workdir: Path, quick: bool, threads: int) -> Bench:
     from minilm_export import embed, export_minilm, load_tokenizer, tokenize
-    from quantfw_onnx.models import docstring_sentences
+
+    from quantfw.samples import docstring_sentences
 
     with quiet():
         path = export_minilm(OUT_DIR)

@@ -1,9 +1,11 @@
 """The core's demonstration on real data: a digits classifier quantized to every format.
 
-A small MLP (64 → 64 → 10) is trained in numpy on scikit-learn's 8×8 handwritten digits (fixed
-seed, about a second), captured as a QuantGraph, and quantized through the full pipeline for the
-simulation-only ``generic`` target with each weight format.  The table shows weight SQNR, test
-accuracy of the simulated model, and weight storage relative to float32.
+A small MLP (64 → 64 → 10) is trained in numpy on the training part of the sample digits split
+(:func:`quantfw.samples.digits_data`; fixed seed, about a second), captured as a QuantGraph, and
+quantized through the full pipeline for the simulation-only ``generic`` target with each weight
+format, calibrated on the split's calibration part.  The table shows weight SQNR, accuracy of the
+simulated model on the split's test part (30 % of the images), and weight storage relative to
+float32.
 
 Run it with ``quantfw demo`` (needs ``pip install "quantfw[demo]"`` for scikit-learn).
 """
@@ -14,97 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .graph import Node, QuantGraph
 from .interpreter import run_graph
+from .samples import digits_data, train_digits_mlp
 
-__all__ = ["train_digits_mlp", "digits_split", "run_demo", "DemoRow"]
+__all__ = ["DemoRow", "format_rows", "run_demo"]
 
 WEIGHT_FORMATS = ("int8", "fp8_e4m3fn", "fp8_e5m2", "int4", "int3", "int2", "ternary")
-
-
-def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_test, y_test)`` of scikit-learn's digits, pixels scaled to [0, 1]."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise RuntimeError(
-            "the demo needs scikit-learn for its digits data: pip install 'quantfw[demo]'"
-        ) from None
-    data = load_digits()
-    x = (data.data / 16.0).astype(np.float32)
-    y = data.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(0.7 * len(x))
-    return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
-
-
-def train_digits_mlp(
-    x: np.ndarray, y: np.ndarray, hidden: int = 64, steps: int = 400, seed: int = 0
-) -> QuantGraph:
-    """Train a 2-layer MLP with full-batch Adam in numpy and return it as a QuantGraph."""
-    rng = np.random.default_rng(seed)
-    d, k = x.shape[1], int(y.max()) + 1
-    params = {
-        "w1": rng.normal(0, np.sqrt(2 / d), (hidden, d)),
-        "b1": np.zeros(hidden),
-        "w2": rng.normal(0, np.sqrt(1 / hidden), (k, hidden)),
-        "b2": np.zeros(k),
-    }
-    m = {n: np.zeros_like(p) for n, p in params.items()}
-    v = {n: np.zeros_like(p) for n, p in params.items()}
-    onehot = np.eye(k)[y]
-    x64 = x.astype(np.float64)
-    for t in range(1, steps + 1):
-        h_pre = x64 @ params["w1"].T + params["b1"]
-        h = np.maximum(h_pre, 0)
-        logits = h @ params["w2"].T + params["b2"]
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        g_logits = (p - onehot) / len(x)
-        g_h = (g_logits @ params["w2"]) * (h_pre > 0)
-        grads = {
-            "w2": g_logits.T @ h + 1e-4 * params["w2"],
-            "b2": g_logits.sum(0),
-            "w1": g_h.T @ x64 + 1e-4 * params["w1"],
-            "b1": g_h.sum(0),
-        }
-        for n in params:
-            m[n] = 0.9 * m[n] + 0.1 * grads[n]
-            v[n] = 0.999 * v[n] + 0.001 * grads[n] ** 2
-            params[n] -= 0.01 * (m[n] / (1 - 0.9**t)) / (np.sqrt(v[n] / (1 - 0.999**t)) + 1e-8)
-    inits = {
-        "fc1.weight": params["w1"],
-        "fc1.bias": params["b1"],
-        "fc2.weight": params["w2"],
-        "fc2.bias": params["b2"],
-    }
-    nodes = [
-        Node(
-            "fc1",
-            "linear",
-            ["pixels"],
-            ["fc1_out"],
-            weights={"weight": "fc1.weight", "bias": "fc1.bias"},
-            attrs={"channel_axis": 0},
-        ),
-        Node("relu1", "relu", ["fc1_out"], ["relu1_out"]),
-        Node(
-            "fc2",
-            "linear",
-            ["relu1_out"],
-            ["logits"],
-            weights={"weight": "fc2.weight", "bias": "fc2.bias"},
-            attrs={"channel_axis": 0},
-        ),
-    ]
-    return QuantGraph(
-        nodes,
-        inputs=["pixels"],
-        outputs=["logits"],
-        initializers={k_: np.asarray(a, np.float32) for k_, a in inits.items()},
-        name="digits_mlp",
-        input_shapes={"pixels": (None, d)},
-    )
 
 
 @dataclass
@@ -115,6 +32,11 @@ class DemoRow:
     size_ratio: float
 
 
+def _pixels(x: np.ndarray) -> np.ndarray:
+    """Digits images ``[N, 1, 8, 8]`` as the MLP's rows of 64 pixels."""
+    return x.reshape(len(x), -1)
+
+
 def _accuracy(fn, x: np.ndarray, y: np.ndarray) -> float:
     logits = fn({"pixels": x})["logits"]
     return float((logits.argmax(1) == y).mean())
@@ -123,13 +45,23 @@ def _accuracy(fn, x: np.ndarray, y: np.ndarray) -> float:
 def run_demo(
     seed: int = 0, calibration_samples: int = 128, calibrator: str = "minmax"
 ) -> list[DemoRow]:
-    """Train, quantize for every weight format (activations as the target says), evaluate."""
+    """Train, quantize for every weight format (activations as the target says), evaluate.
+
+    ``seed`` seeds the MLP's training (the data split is fixed); calibration uses the first
+    ``calibration_samples`` images of the split's calibration part.
+
+    :raises UnavailableError: when scikit-learn (the digits data) is not installed.
+    """
     from .numerics import fake_quantize
     from .pipeline import quantize
 
-    x_tr, y_tr, x_te, y_te = digits_split(seed)
-    graph = train_digits_mlp(x_tr, y_tr, seed=seed)
-    calib = x_tr[:calibration_samples]
+    try:
+        data = digits_data()
+    except ImportError as exc:  # a missing extra is the user's to install: a one-line error
+        raise UnavailableError(str(exc)) from None
+    x_tr, x_te, y_te = _pixels(data.x_train), _pixels(data.x_test), data.y_test
+    graph = train_digits_mlp(x_tr, data.y_train, seed=seed)
+    calib = _pixels(data.x_calib)[:calibration_samples]
     rows = [DemoRow("float32", _accuracy(lambda b: run_graph(graph, b), x_te, y_te), None, 1.0)]
     n_weights = sum(graph.initializers[w].size for w in ("fc1.weight", "fc2.weight"))
     for fmt in WEIGHT_FORMATS:
@@ -160,6 +92,7 @@ def run_demo(
 
 
 def format_rows(rows: list[DemoRow]) -> str:
+    """The demo's table: one line per row under a header."""
     out = [f"{'model':<22}{'test acc':>10}{'weight SQNR':>14}{'weight size':>13}"]
     for r in rows:
         sq = "-" if r.weight_sqnr_db is None else f"{r.weight_sqnr_db:.1f} dB"

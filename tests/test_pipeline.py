@@ -9,16 +9,19 @@ import pytest
 import quantfw
 from quantfw import AlgorithmInfo, BackendInfo, Node, QuantGraph, Stage
 from quantfw.api import Artifact
-from quantfw.demo import digits_split, train_digits_mlp
 from quantfw.numerics import dequantize, fake_quantize, quantize
 from quantfw.plugins import make_plugin_manager, use_plugin_manager
+from quantfw.samples import digits_data, train_digits_mlp
 from quantfw.target import TargetSpec
 
 
 @pytest.fixture(scope="module")
 def digits():
-    x_tr, y_tr, x_te, y_te = digits_split(0)
-    return train_digits_mlp(x_tr, y_tr, steps=300), x_tr, x_te, y_te
+    """The sample MLP on the sample digits split, images as rows of 64 pixels."""
+    pytest.importorskip("sklearn", reason="the digits ship with scikit-learn (the demo extra)")
+    d = digits_data()
+    x_tr, x_te = d.x_train.reshape(-1, 64), d.x_test.reshape(-1, 64)
+    return train_digits_mlp(x_tr, d.y_train, steps=300), x_tr, x_te, d.y_test
 
 
 def _acc(fn, x, y):

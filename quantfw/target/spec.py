@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..graph import OpKind
+from ..spec import QuantSpec
 from .machine import missing_requirements
+from .reader import fmt_values
 from .sections import (
     Allowed,
     AllowedSet,
@@ -53,8 +55,31 @@ class TargetSpec:
         """
         parser = TargetParser(source)
         spec = cls(**parser.fields(data), source=source)
-        parser.check_defaults_allowed(spec)
+        spec._check_own_defaults(parser)
         return spec
+
+    def _check_own_defaults(self, parser: TargetParser) -> None:
+        """The target's own defaults must be consistent and pass its own ``allowed`` lists."""
+        kinds = set(self.ops.quantize) | set(self.ops.per_op) | set(self.ops.weight_only)
+        for kind in sorted(kinds, key=lambda k: k.value):
+            w_allowed, a_allowed = self.allowed.for_op(kind)
+            per_op = self.ops.per_op.get(kind, {})
+            checks = [("weight", self.weight_template(kind), w_allowed, False)]
+            if kind not in self.ops.weight_only:  # a weight-only op has no quantized activation
+                checks.append(("activation", self.activation_template(kind), a_allowed, False))
+            if self.dynamic.supported and kind in self.dynamic.ops:
+                checks.append(("dynamic.activation", self.dynamic_template(kind), a_allowed, True))
+            for role, d, allowed, dynamic in checks:
+                key = f"ops.per_op.{kind.value}.{role}" if role in per_op else role
+                parser.check_spec(d, key, dynamic=dynamic)
+                axis = 0 if d.get("granularity") in ("per_channel", "per_group") else None
+                qs = QuantSpec(**d, axis=axis, dynamic=dynamic)
+                for fld, val, ok in allowed.violations(qs):
+                    raise parser.fail(
+                        f"{key}.{fld}",
+                        f"{val!r} (the default {role} {fld} for op kind {kind.value}) is not in "
+                        f"the target's own allowed list; allowed: {fmt_values(ok)}",
+                    )
 
     # -- queries -------------------------------------------------------------------------------
     def availability(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..formats import FORMATS
 from ..graph import WEIGHTED, OpKind
@@ -26,9 +26,6 @@ from .sections import (
     Requirements,
     SpecTemplate,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .spec import TargetSpec
 
 
 class TargetParser(TomlReader):
@@ -394,26 +391,3 @@ class TargetParser(TomlReader):
                 raise self.fail(key, f"{list(items)!r} is listed twice")
             chains.append(kinds)
         return tuple(chains)
-
-    def check_defaults_allowed(self, spec: TargetSpec) -> None:
-        """The target's own defaults must be consistent and pass its own ``allowed`` lists."""
-        kinds = set(spec.ops.quantize) | set(spec.ops.per_op) | set(spec.ops.weight_only)
-        for kind in sorted(kinds, key=lambda k: k.value):
-            w_allowed, a_allowed = spec.allowed.for_op(kind)
-            per_op = spec.ops.per_op.get(kind, {})
-            checks = [("weight", spec.weight_template(kind), w_allowed, False)]
-            if kind not in spec.ops.weight_only:  # a weight-only op has no quantized activation
-                checks.append(("activation", spec.activation_template(kind), a_allowed, False))
-            if spec.dynamic.supported and kind in spec.dynamic.ops:
-                checks.append(("dynamic.activation", spec.dynamic_template(kind), a_allowed, True))
-            for role, d, allowed, dynamic in checks:
-                key = f"ops.per_op.{kind.value}.{role}" if role in per_op else role
-                self.check_spec(d, key, dynamic=dynamic)
-                axis = 0 if d.get("granularity") in ("per_channel", "per_group") else None
-                qs = QuantSpec(**d, axis=axis, dynamic=dynamic)
-                for fld, val, ok in allowed.violations(qs):
-                    raise self.fail(
-                        f"{key}.{fld}",
-                        f"{val!r} (the default {role} {fld} for op kind {kind.value}) is not in "
-                        f"the target's own allowed list; allowed: {fmt_values(ok)}",
-                    )

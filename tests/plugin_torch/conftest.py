@@ -58,8 +58,9 @@ def minilm():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from pathlib import Path
 
-    from quantfw_onnx.models import docstring_sentences
     from transformers import AutoModel, AutoTokenizer
+
+    from quantfw.samples import docstring_sentences
 
     path = Path(pkg.__file__).resolve().parent / "model"
     model = AutoModel.from_pretrained(str(path)).eval()

@@ -8,13 +8,13 @@ import pytest
 torch = pytest.importorskip("torch", reason="the torch plugin tests need torch")
 pytest.importorskip("onnxscript", reason="the torch frontend translates through onnxscript")
 
-from quantfw_onnx.models import digits_data  # noqa: E402
 from quantfw_torch.fakequant import FakeQuantize  # noqa: E402
 from quantfw_torch.models import digits_cnn_module  # noqa: E402
 from torch import nn  # noqa: E402
 
 import quantfw  # noqa: E402
 import quantfw.qat  # noqa: E402
+from quantfw.samples import digits_data  # noqa: E402
 
 W4A4 = {"weight": {"bits": 4}, "activation": {"bits": 4}}
 

@@ -78,7 +78,7 @@ def run(
 
     import quantfw
 
-    from .models import digits_cnn
+    from .samples import digits_cnn
 
     model, data = digits_cnn(seed)
     out_dir.mkdir(parents=True, exist_ok=True)

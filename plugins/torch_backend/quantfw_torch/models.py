@@ -1,11 +1,11 @@
 """Reference models as torch modules, for the torch plugin's tests and benchmarks.
 
-* :func:`digits_cnn_module` -- the digits CNN of :func:`quantfw_onnx.models.digits_cnn` rebuilt
-  from ``torch.nn`` layers and loaded with the very same numpy-trained weights, so torch-side and
-  ONNX-side measurements start from one float model.
+* :func:`digits_cnn_module` -- the sample digits CNN of :mod:`quantfw.samples` rebuilt from
+  ``torch.nn`` layers and loaded with the very same numpy-trained weights, so torch-side and
+  ONNX-side (``quantfw_onnx.samples.digits_cnn``) measurements start from one float model.
 
-Training stays in :mod:`quantfw_onnx.models` (numpy only, cached per seed); this module only
-copies the weights it produced.
+Training stays in :mod:`quantfw.samples` (numpy only, cached per seed); this module only copies
+the weights it produced.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from quantfw_onnx.models import digits_cnn
 from torch import nn
+
+from quantfw.samples import digits_cnn_weights
 
 __all__ = ["digits_cnn_module"]
 
@@ -49,21 +50,21 @@ def digits_cnn_module(seed: int = 0) -> nn.Sequential:
     """The trained digits CNN for ``seed`` as a float32 torch module in eval mode.
 
     NCHW float32 ``[N, 1, 8, 8]`` images in, ``[N, 10]`` logits out; layer for layer the network
-    of :func:`quantfw_onnx.models.digits_cnn`::
+    of :mod:`quantfw.samples.cnn`::
 
         conv1 1->32 3x3 pad 1, relu1
         conv2 32->64 3x3 pad 1, relu2, pool1 (max 2x2)
         conv3 64->128 3x3 pad 1, relu3, pool2 (max 2x2)
         flatten (512, channel-major like ONNX Flatten), fc1 512->128, relu4, fc2 128->10
 
-    The weights come from :func:`quantfw_onnx.models.digits_cnn` with its default training
-    settings, so a seed gives the same weights as the ONNX model; that function caches training,
-    which therefore runs once per seed and process.  Parameter names (``conv1.weight`` ...
-    ``fc2.bias``) are the ONNX initializer names and are loaded strictly.  Each call returns a new
-    module with its own copy of the weights.  Its logits equal
-    :func:`quantfw_onnx.models.digits_forward`'s up to float32 rounding (about 1e-5).
+    The weights are :func:`quantfw.samples.digits_cnn_weights` with its default training
+    settings, so a seed gives the same weights as the ONNX model of
+    ``quantfw_onnx.samples.digits_cnn``; training is cached, so it runs once per seed and process.
+    Parameter names (``conv1.weight`` ... ``fc2.bias``) are the ONNX initializer names and are
+    loaded strictly.  Each call returns a new module with its own copy of the weights.  Its logits
+    equal :func:`quantfw.samples.digits_cnn_forward`'s up to float32 rounding (about 1e-5).
     """
-    _, data = digits_cnn(seed)
+    weights = digits_cnn_weights(seed)
     module = _digits_layers()
-    module.load_state_dict({k: torch.from_numpy(v) for k, v in data.weights.items()}, strict=True)
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=True)
     return module.eval()
