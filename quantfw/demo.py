@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import UnavailableError
 from .interpreter import run_graph
 from .samples import digits_data, train_digits_mlp
 
