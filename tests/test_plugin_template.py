@@ -1,8 +1,5 @@
 """The plugin template in docs/plugin_template conforms, registers, and works end to end."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -10,21 +7,15 @@ import quantfw
 from quantfw import Node, QuantGraph
 from quantfw.testing import check_plugin
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "docs" / "plugin_template"
-
 
 @pytest.fixture
-def hooks(monkeypatch):
-    monkeypatch.syspath_prepend(str(TEMPLATE))
-    import quantfw_example.hooks as module
-
-    yield module
-    for name in [m for m in sys.modules if m.startswith("quantfw_example")]:
-        del sys.modules[name]
+def hooks(example_plugin):
+    return example_plugin
 
 
 def test_template_conforms(hooks):
     assert check_plugin(hooks) == []
+    assert check_plugin(hooks, deep=True) == []  # its algorithms built and checked too
 
 
 def test_template_target_and_algorithm(hooks, quantfw_registry_with):

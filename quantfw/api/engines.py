@@ -38,8 +38,12 @@ class Engine(Protocol):
     autograd: bool
     xp: Any
 
-    def asarray(self, value: np.ndarray, *, requires_grad: bool = False) -> Any:
-        """``value`` as a float32 engine array on :attr:`device`.
+    def asarray(
+        self, value: np.ndarray, *, dtype: str = "float32", requires_grad: bool = False
+    ) -> Any:
+        """``value`` as an engine array of ``dtype`` (``"float32"`` or ``"float64"``) on
+        :attr:`device`; make every array an algorithm combines this way (constants too), so
+        they live on the same device.
 
         :raises ValueError: ``requires_grad`` on an engine without autograd.
         """
@@ -65,13 +69,15 @@ class NumpyEngine:
         if device not in (None, "cpu"):
             raise ValueError(f"the numpy engine runs on 'cpu' only, not {device!r}")
 
-    def asarray(self, value: np.ndarray, *, requires_grad: bool = False) -> np.ndarray:
+    def asarray(
+        self, value: np.ndarray, *, dtype: str = "float32", requires_grad: bool = False
+    ) -> np.ndarray:
         if requires_grad:
             raise ValueError(
                 "the numpy engine has no autograd; choose an engine that has (torch: "
                 'pip install "quantfw[torch]")'
             )
-        return np.asarray(value, dtype=np.float32)
+        return np.asarray(value, dtype=dtype)
 
     def to_numpy(self, value: Any) -> np.ndarray:
         return np.asarray(value)

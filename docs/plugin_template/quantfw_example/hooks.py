@@ -55,3 +55,17 @@ def quantfw_register_algorithms(register: Callable[[AlgorithmInfo], None]) -> No
             description="share of calibration values each activation range clips",
         )
     )
+    register(
+        AlgorithmInfo(
+            "ls-nudge",
+            Stage.ROUND,
+            _nudge,
+            description="nudge each linear layer towards its least-squares optimum (layer-wise)",
+        )
+    )
+
+
+def _nudge(**options):
+    from .nudge import LeastSquaresNudge  # imported when used: hooks stay light
+
+    return LeastSquaresNudge(**options)

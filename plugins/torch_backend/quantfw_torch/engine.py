@@ -18,7 +18,7 @@ __all__ = ["TorchEngine"]
 
 
 class TorchEngine:
-    """Engine arrays are float32 ``torch.Tensor`` on :attr:`device`.
+    """Engine arrays are ``torch.Tensor`` (float32 unless asked otherwise) on :attr:`device`.
 
     :param device: a torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``); default ``"cpu"``.
     :raises ValueError: a device that does not exist here.
@@ -40,9 +40,12 @@ class TorchEngine:
             )
         self.device = str(dev)
 
-    def asarray(self, value: np.ndarray, *, requires_grad: bool = False) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(value, dtype=np.float32), device=self.device)
-        return t.clone().requires_grad_(True) if requires_grad else t
+    def asarray(
+        self, value: np.ndarray, *, dtype: str = "float32", requires_grad: bool = False
+    ) -> torch.Tensor:
+        # a copy: in-place work on the tensor never reaches the caller's (maybe read-only) array
+        t = torch.from_numpy(np.array(value, dtype=dtype, copy=True)).to(self.device)
+        return t.requires_grad_(True) if requires_grad else t
 
     def to_numpy(self, value: Any) -> np.ndarray:
         if isinstance(value, torch.Tensor):

@@ -1,0 +1,90 @@
+"""The layer-wise seam on ONNX models: the ONNX frontend's inputs with earlier layers quantized
+equal the core reference's, and the template's least-squares nudge, written once against the
+seam, writes an ONNX Runtime artifact that computes what its simulation computes."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="the ONNX plugin's tests need ONNX Runtime")
+
+from onnx_test_models import mlp_model  # noqa: E402
+from quantfw_onnx.backend import OnnxRuntimeBackend  # noqa: E402
+from quantfw_onnx.frontend import OnnxFrontend  # noqa: E402
+
+import quantfw  # noqa: E402
+from quantfw.graph_frontend import GraphFrontend  # noqa: E402
+
+
+def batches(seed: int = 3, n: int = 3):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.normal(size=(4, 6, 32)).astype(np.float32)} for _ in range(n)]
+
+
+@pytest.mark.parametrize("target", ["generic", "x86-vnni"])
+def test_quantized_collect_equals_the_core_reference(target):
+    """Every tensor, the graph output included, as its producer computes it with every quantizer
+    upstream applied: the QDQ model in ONNX Runtime against the numpy reference interpreter."""
+    fe = OnnxFrontend(threads=1)
+    res = quantfw.quantize(mlp_model(), batches(), target=target, frontend_options={"threads": 1})
+    names = ["x", "fc1.out", "act", "y"]
+    data = batches(seed=9)
+    got = list(fe.collect(None, res.graph, names, data, recipe=res.recipe))
+    want = list(GraphFrontend().collect(None, res.graph, names, data, recipe=res.recipe))
+    assert len(got) == len(want) == len(data)
+    for g, w in zip(got, want, strict=True):
+        for name in names:
+            scale = np.abs(w[name]).max()
+            np.testing.assert_allclose(g[name], w[name], atol=1e-5 * scale, err_msg=name)
+    # the graph output is read before its own quantizer (generic stores it quantized)
+    y = res.recipe.tensors.get("y")
+    if y is not None and y.consumers is None:
+        assert not np.allclose(
+            got[0]["y"], quantfw.numerics.fake_quantize(got[0]["y"], y.params, y.spec)
+        )
+
+
+def test_float_collect_with_rewritten_weights_leaves_the_model_alone():
+    fe = OnnxFrontend(threads=1)
+    graph = fe.capture(mlp_model())
+    zero = {"fc1.weight": np.zeros((32, 64), np.float32)}
+    (out,) = fe.collect(None, graph, ["fc1.out"], batches(n=1), weights=zero)
+    np.testing.assert_allclose(
+        out["fc1.out"], np.broadcast_to(graph.initializers["fc1.bias"], (4, 6, 64))
+    )
+    (again,) = fe.collect(None, graph, ["fc1.out"], batches(n=1))
+    assert np.abs(again["fc1.out"] - graph.initializers["fc1.bias"]).max() > 0.1
+
+
+def test_ls_nudge_artifact_computes_its_simulation(example_plugin, quantfw_registry_with, tmp_path):
+    """The nudged weights are what the artifact stores, and ONNX Runtime (no graph optimizations)
+    computes the simulation."""
+    import quantfw_onnx.plugin as onnx_plugin
+
+    quantfw_registry_with(example_plugin, onnx_plugin)
+    res = quantfw.quantize(
+        mlp_model(), batches(), target="x86-vnni", algorithms=["ls-nudge"],
+        output=tmp_path / "nudged.onnx", frontend_options={"threads": 1},
+    )  # fmt: skip
+    assert res.recipe.provenance["ls-nudge"]["layers"] == ["fc1/MatMul", "fc2/MatMul"]
+    for w in ("fc1.weight", "fc2.weight"):
+        assert not np.allclose(res.recipe.weights[w], res.graph.initializers[w])
+    data = batches(seed=5, n=1)[0]
+    sim = res.simulate()(data)["y"]
+    sess = OnnxRuntimeBackend().session(res.artifact.path, optimized=False, threads=1)
+    np.testing.assert_allclose(sess.run(None, data)[0], sim, atol=1e-5 * np.abs(sim).max())
+
+
+def test_ls_nudge_on_onnx_and_on_the_same_graph_in_numpy_agree(
+    example_plugin, quantfw_registry_with
+):
+    """One implementation, two frontends: the ONNX model and its captured QuantGraph run by the
+    numpy interpreter give the same nudged weights."""
+    import quantfw_onnx.plugin as onnx_plugin
+
+    quantfw_registry_with(example_plugin, onnx_plugin)
+    a = quantfw.quantize(mlp_model(), batches(), target="generic", algorithms=["none", "ls-nudge"])
+    b = quantfw.quantize(
+        a.graph, batches(), target="generic", algorithms=["none", "ls-nudge"], frontend="graph"
+    )
+    for w in ("fc1.weight", "fc2.weight"):
+        np.testing.assert_allclose(a.recipe.weights[w], b.recipe.weights[w], rtol=1e-4, atol=1e-5)
