@@ -8,7 +8,7 @@
 * :meth:`OnnxFrontend.collect` runs ``graph.source`` with the requested intermediate tensors as
   extra outputs, using the graph's current (possibly rewritten) weights.
 * :meth:`OnnxFrontend.simulate` inserts QuantizeLinear/DequantizeLinear per the recipe
-  (:func:`quantfw_onnx.qdq.write_qdq`) and runs that model with every ONNX Runtime graph
+  (:func:`quantfw_onnx.lowering.write_qdq`) and runs that model with every ONNX Runtime graph
   optimization disabled, so the result is exact fake quantization rather than integer kernels.
 """
 
@@ -104,7 +104,7 @@ class OnnxFrontend:
     def simulate(
         self, model: object, graph: QuantGraph, recipe: Recipe
     ) -> Callable[[Batch], dict[str, np.ndarray]]:
-        from .qdq import write_qdq
+        from .lowering import write_qdq
 
         source = self._source(model, graph)
         qdq = write_qdq(source, graph, recipe, fmt="qdq")
