@@ -75,7 +75,7 @@ class Writer:
     model: onnx.ModelProto
     graph: QuantGraph
     recipe: Recipe
-    b: Builder = field(default_factory=Builder)
+    builder: Builder = field(default_factory=Builder)
 
     def readers_of(self, t: TensorRecipe) -> set[str] | None:
         """ONNX node names that read ``t`` quantized; ``None`` means every reader."""
@@ -92,6 +92,7 @@ class Writer:
         return names
 
     def run(self) -> onnx.ModelProto:
+        """The lowered model (a new one; ``model`` is untouched)."""
         recipe = self.recipe
         for t in recipe.tensors.values():
             if t.spec.dynamic:
@@ -102,9 +103,9 @@ class Writer:
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
         m = raise_opset(m, need)
-        self.b.opset = default_opset(m) or 0
+        self.builder.opset = default_opset(m) or 0
         g = m.graph
-        all_names(g, self.b.names)
+        all_names(g, self.builder.names)
 
         consts = ModelConstants.of(g)
         produced = {x for n in g.node for x in n.output} | {i.name for i in g.input}
@@ -131,17 +132,17 @@ class Writer:
         after: dict[str, list[onnx.NodeProto]] = {}
         for name, t in static.items():
             src = source.get(name, name)
-            out = name if name in source else self.b.fresh(f"{name}_dequantized")
-            after.setdefault(src, []).extend(static_qdq(self.b, name, src, out, t))
+            out = name if name in source else self.builder.fresh(f"{name}_dequantized")
+            after.setdefault(src, []).extend(static_qdq(self.builder, name, src, out, t))
             if name not in source:
                 rename_reads(g, name, out, self.readers_of(t))
         for name, d in dynamic.items():
             only = self.readers_of(recipe.tensors[name])
             src = source.get(name, name)
-            nodes = [dynamic_quantize(self.b, name, src, d)]
+            nodes = [dynamic_quantize(self.builder, name, src, d)]
             if name in source or self.read_in_float(g, name, only, rewrites):
-                out = name if name in source else self.b.fresh(f"{name}_dequantized")
-                nodes.append(dequantize_dynamic(self.b, name, d, out))
+                out = name if name in source else self.builder.fresh(f"{name}_dequantized")
+                nodes.append(dequantize_dynamic(self.builder, name, d, out))
                 if name not in source:
                     rename_reads(g, name, out, only)
             after.setdefault(src, []).extend(nodes)
@@ -149,15 +150,15 @@ class Writer:
             only = self.readers_of(recipe.tensors[name])
             src = source.get(name, name)
             if name in source or self.read_in_float(g, name, only, rewrites):
-                tok.fake = name if name in source else self.b.fresh(f"{name}_dequantized")
+                tok.fake = name if name in source else self.builder.fresh(f"{name}_dequantized")
                 if name not in source:
                     rename_reads(g, name, tok.fake, only)
             if tok.int_readers or tok.fake is not None:  # else nothing reads it quantized
-                after.setdefault(src, []).extend(per_token_nodes(self.b, name, src, tok))
+                after.setdefault(src, []).extend(per_token_nodes(self.builder, name, src, tok))
 
         self.assemble(g, top, after, rewrites)
-        g.initializer.extend(self.b.inits)
-        prune_unread_dequantize(g, {t.name for t in self.b.inits})
+        g.initializer.extend(self.builder.inits)
+        prune_unread_dequantize(g, {t.name for t in self.builder.inits})
         # Intermediate shapes came from the frontend's shape inference, not from the user's
         # model. Left in, they let ONNX Runtime 1.32 fuse every residual Add + LayerNorm into
         # SkipLayerNormalization, whose CPU kernel is ~8x slower than the pair here: MiniLM at
@@ -200,10 +201,10 @@ class Writer:
             if t.role == "bias" and not bias_scale_ok(self.graph, recipe, name, t):
                 bake_float(consts, recipe, name, t)
                 continue
-            w = lower_constant(self.b, consts, recipe, name, t, top)
+            w = lower_constant(self.builder, consts, recipe, name, t, top)
             # lookups gather codes and dequantize only their rows; the DQ of the whole table
             # stays only for other readers (pruned when there are none)
-            lower_gathers(self.b, g, name, w)
+            lower_gathers(self.builder, g, name, w)
             weights[name] = w
         return weights
 
@@ -212,7 +213,7 @@ class Writer:
     ) -> tuple[dict[str, TensorRecipe], dict[str, DynamicActivation], dict[str, TokenActivation]]:
         """The quantized activations (constants excluded), as static, dynamic per-tensor and
         dynamic per-token ones, with the names of their quantized forms."""
-        fresh = self.b.fresh
+        fresh = self.builder.fresh
         static: dict[str, TensorRecipe] = {}
         dynamic: dict[str, DynamicActivation] = {}
         tokens: dict[str, TokenActivation] = {}
@@ -239,7 +240,7 @@ class Writer:
             if self.recipe.tensors[name].consumers is not None:
                 continue  # quantized on some edges only: the graph output stays float
             if name in outputs and name not in real_inputs:
-                src = self.b.fresh(f"{name}_float")
+                src = self.builder.fresh(f"{name}_float")
                 for n in g.node:
                     for i, x in enumerate(n.output):
                         if x == name:
@@ -271,11 +272,11 @@ class Writer:
                     tokens[first].int_readers += 1
                     tokens[first].extra = max(tokens[first].extra, plan.extra)
                 continue
-            new = rewrite_integer_matmul(self.b, n, dynamic, weights)
+            new = rewrite_integer_matmul(self.builder, n, dynamic, weights)
             if new is not None:
                 rewrites[idx] = new
         for idx, (first, plan) in planned.items():  # once every reader's zero-point rows are known
-            rewrites[idx] = rewrite_token_matmul(self.b, g.node[idx], tokens[first], plan)
+            rewrites[idx] = rewrite_token_matmul(self.builder, g.node[idx], tokens[first], plan)
         return rewrites
 
     @staticmethod
@@ -302,7 +303,7 @@ class Writer:
     ) -> None:
         """Replace ``g``'s nodes by the lowered ones in topological order: ``top`` and the
         builder's head first, each node's (or rewrite's) ``after`` nodes right after it."""
-        order: list[onnx.NodeProto] = list(top) + self.b.head
+        order: list[onnx.NodeProto] = list(top) + self.builder.head
         for x in [i.name for i in g.input]:
             order.extend(after.pop(x, []))
         for idx, n in enumerate(g.node):
