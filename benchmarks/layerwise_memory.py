@@ -37,7 +37,6 @@ def _rss() -> int:
 
 
 def _onnx_mlp(layers: int, width: int):
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -45,7 +44,10 @@ def _onnx_mlp(layers: int, width: int):
     for i in range(layers):
         w = (rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32)
         b = (rng.normal(size=width) * 0.01).astype(np.float32)
-        inits += [numpy_helper.from_array(w, f"l{i}.weight"), numpy_helper.from_array(b, f"l{i}.bias")]
+        inits += [
+            numpy_helper.from_array(w, f"l{i}.weight"),
+            numpy_helper.from_array(b, f"l{i}.bias"),
+        ]
         nodes += [
             helper.make_node("MatMul", [x, f"l{i}.weight"], [f"l{i}.mm"], name=f"l{i}/MatMul"),
             helper.make_node("Add", [f"l{i}.mm", f"l{i}.bias"], [f"l{i}.out"], name=f"l{i}/Add"),
@@ -80,8 +82,9 @@ def _torch_mlp(layers: int, width: int):
 def child(frontend: str, layers: int, width: int, rows: int, algorithm: str) -> dict:
     """One measurement, in this (fresh) process."""
     sys.path.insert(0, str(ROOT / "docs" / "plugin_template"))
-    import quantfw
     import quantfw_example.hooks as example
+
+    import quantfw
     from quantfw.plugins import make_plugin_manager, use_plugin_manager
 
     pm = make_plugin_manager()
@@ -108,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--rows", type=int, default=4096)
     ap.add_argument("--frontends", default="onnx,torch")
-    ap.add_argument("--child", nargs=3, metavar=("FRONTEND", "LAYERS", "ALGORITHM"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child", nargs=3, metavar=("FRONTEND", "LAYERS", "ALGORITHM"), help=argparse.SUPPRESS
+    )
     args = ap.parse_args(argv)
     if args.child:
         fe, layers, algo = args.child

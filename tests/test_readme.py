@@ -12,14 +12,73 @@ def _blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
-def test_python_examples_run_in_order(tmp_path, monkeypatch):
+#: Packages a README block may need beyond the core (then it runs only where they are installed).
+EXTRAS = {
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "transformers",
+    "sklearn",
+    "quantfw_onnx",
+    "quantfw_torch",
+}
+
+
+def _imports(block: str) -> set[str]:
+    return set(re.findall(r"^\s*(?:import|from)\s+(\w+)", block, re.M))
+
+
+def _core_blocks() -> list[tuple[int, str]]:
+    """Blocks that import no extra and use no name an extra-needing block defined."""
+    import ast
+
+    tainted: set[str] = set()
+    provided: set[str] = set()  # names the core blocks define
+    core = []
+    for i, block in enumerate(_blocks("python")):
+        tree = ast.parse(block)
+        defined = {
+            n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+        } | {(a.asname or a.name).split(".")[0] for n in ast.walk(tree)
+             if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}  # fmt: skip
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        if _imports(block) & EXTRAS or used & tainted:
+            tainted |= defined - provided
+        else:
+            provided |= defined
+            tainted -= defined
+            core.append((i, block))
+    return core
+
+
+def _run(blocks: list[str], tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    blocks = _blocks("python")
-    assert len(blocks) >= 3
     namespace: dict = {}
-    for i, block in enumerate(blocks):
+    for i, block in blocks:
         exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+
+
+def test_core_python_examples_run_in_order(tmp_path, monkeypatch):
+    """The examples that need nothing but the core run on a core-only install."""
+    blocks = _core_blocks()
+    assert len(blocks) >= 3
+    _run(blocks, tmp_path, monkeypatch)
     assert (tmp_path / "mlp.recipe.json").exists()
+
+
+def test_python_examples_run_in_order(tmp_path, monkeypatch):
+    """Every example, in order, where every extra they import is installed."""
+    import importlib.util
+
+    import pytest
+
+    blocks = list(enumerate(_blocks("python")))
+    assert len(blocks) >= 3
+    needed = sorted(set().union(*(_imports(b) for _, b in blocks)) & EXTRAS)
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"the README's framework examples need {', '.join(missing)} installed")
+    _run(blocks, tmp_path, monkeypatch)
 
 
 def test_cli_listing_examples_run():
@@ -38,6 +97,9 @@ def test_cli_listing_examples_run():
 
 
 def test_demo_main_job():
+    import pytest
+
+    pytest.importorskip("sklearn", reason="quantfw demo needs the demo extra (scikit-learn)")
     out = subprocess.run(
         [sys.executable, "-m", "quantfw.cli", "demo"], capture_output=True, text=True, check=True
     )

@@ -53,13 +53,24 @@ def session(model: onnx.ModelProto, optimized: bool):
     return OnnxRuntimeBackend().session(model.SerializeToString(), optimized, threads=1)
 
 
-def optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
-    """The kernels ONNX Runtime actually runs, read back from its optimized model."""
+def optimized_model(
+    model: onnx.ModelProto, tmp_path: Path, config: dict[str, str] | None = None
+) -> onnx.ModelProto:
+    """The model ONNX Runtime's CPU provider actually runs (``ORT_ENABLE_EXTENDED``: every
+    fusion, no layout transforms), read back from its optimized model file; ``config`` holds
+    session config entries."""
     import onnxruntime as ort
 
     out = tmp_path / "optimized.onnx"
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.optimized_model_filepath = str(out)
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
     ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(out)).graph.node]
+    return onnx.load(str(out))
+
+
+def optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> list[str]:
+    """The kernels ONNX Runtime actually runs, read back from its optimized model."""
+    return [n.op_type for n in optimized_model(model, tmp_path).graph.node]

@@ -299,7 +299,7 @@ def test_load_rejects_unloaded_external_data(kit, tmp_path):
 
 @pytest.mark.parametrize(("which", "target"), [("cnn", "generic"), ("transformer", "x86-vnni")])
 def test_simulate_is_the_reference_fake_quantization(kit, tmp_path, which, target):
-    pytest.importorskip("quantfw_onnx.qdq", reason="the QDQ writer is not there yet")
+    pytest.importorskip("quantfw_onnx.lowering", reason="the QDQ writer is not there yet")
     import quantfw
 
     build, batch = (

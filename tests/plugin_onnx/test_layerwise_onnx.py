@@ -2,6 +2,8 @@
 equal the core reference's, and the template's least-squares nudge, written once against the
 seam, writes an ONNX Runtime artifact that computes what its simulation computes."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,40 @@ def test_ls_nudge_on_onnx_and_on_the_same_graph_in_numpy_agree(
     )
     for w in ("fc1.weight", "fc2.weight"):
         np.testing.assert_allclose(a.recipe.weights[w], b.recipe.weights[w], rtol=1e-4, atol=1e-5)
+
+
+def test_an_equalised_float_activation_is_one_mul_on_its_edge(tmp_path):
+    """An Equalization on an activation that is not quantized (AWQ-style): the artifact
+    multiplies the edge by 1/s, the consumer's weight carries s, the product is unchanged, and
+    ONNX Runtime computes what the numpy reference computes."""
+    from quantfw_onnx.lowering import count_ops, write_qdq
+
+    from quantfw.numerics import params_from_tensor
+    from quantfw.recipe import Equalization
+    from quantfw.simulate import reference_runner
+
+    res = quantfw.quantize(mlp_model(), batches(), target="x86-vnni", algorithms=["none"])
+    recipe = res.recipe
+    # fc2 reads `act` in float: drop its quantization there (and the int32 bias tied to it)
+    del recipe.tensors["act"], recipe.tensors["fc2.bias"]
+    s = np.random.default_rng(4).uniform(0.5, 2.0, 64).astype(np.float32)
+    w2 = res.graph.initializers["fc2.weight"]  # (in, out): scale its input rows
+    recipe.weights["fc2.weight"] = w2 * s[:, None]
+    t = recipe.tensors["fc2.weight"]  # a rescaled weight needs its own range
+    t.params = params_from_tensor(recipe.weights["fc2.weight"], t.spec)
+    recipe.equalizations["act"] = Equalization("act", s, ("fc2/MatMul",), "test")
+    recipe.check()
+    qm = write_qdq(res.graph.forms["onnx"], res.graph, recipe)
+    muls = [n for n in qm.graph.node if n.op_type == "Mul" and n.input[0] == "act"]
+    assert len(muls) == 1 and count_ops(qm)["Mul"] >= 1
+    data = batches(seed=6, n=1)[0]
+    want = reference_runner(res.graph, recipe)(data)["y"]
+    got = OnnxRuntimeBackend().session(qm.SerializeToString(), optimized=False, threads=1)
+    np.testing.assert_allclose(got.run(None, data)[0], want, atol=1e-5 * np.abs(want).max())
+    # in float the rescaling cancels: only the weight codes differ from the unequalised recipe
+    plain = copy.deepcopy(recipe)
+    del plain.equalizations["act"], plain.weights["fc2.weight"]
+    plain.tensors["fc2.weight"].params = params_from_tensor(w2, t.spec)
+    np.testing.assert_allclose(
+        want, reference_runner(res.graph, plain)(data)["y"], atol=0.05 * np.abs(want).max()
+    )

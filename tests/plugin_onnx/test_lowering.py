@@ -33,7 +33,7 @@ from quantfw_onnx.avx2 import (  # noqa: E402
     u8s8_matmul_exact,
 )
 from quantfw_onnx.backend import OnnxRuntimeBackend  # noqa: E402
-from quantfw_onnx.qdq import LoweringError, count_ops, write_qdq  # noqa: E402
+from quantfw_onnx.lowering import LoweringError, count_ops, write_qdq  # noqa: E402
 
 from quantfw import Backend, Node, QuantGraph, QuantParams, QuantSpec, Recipe, TensorRecipe  # noqa: E402
 from quantfw.interpreter import run_graph  # noqa: E402

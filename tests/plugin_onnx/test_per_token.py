@@ -3,8 +3,8 @@
 A user asks for them with ``overrides={"dynamic": True, "activation": {"granularity":
 "per_token"}}``: uint8 asymmetric, one (scale, zero point) per row of the last axis, computed
 from each input like :func:`quantfw.numerics.quantize_dynamic`.  The artifact (see
-``quantfw_onnx.qdq``: ``per_token_nodes`` and ``rewrite_token_matmul``) must compute what the
-reference (:func:`quantfw.simulate.reference_runner`) computes:
+``quantfw_onnx.lowering.per_token``: ``per_token_nodes`` and ``rewrite_token_matmul``) must
+compute what the reference (:func:`quantfw.simulate.reference_runner`) computes:
 
 * weight MatMuls run on integers (``MatMulInteger`` with zero-point columns/rows, fused by ONNX
   Runtime into ``MatMulIntegerToFloat``) and match the reference within float32 rounding -- per
@@ -27,7 +27,7 @@ from onnx import numpy_helper as nh  # noqa: E402
 from onnx_test_models import mlp_model, optimized_ops, session  # noqa: E402
 from quantfw_onnx.avx2 import saturation_free, u8s8_matmul_avx2, u8s8_matmul_exact  # noqa: E402
 from quantfw_onnx.frontend import OnnxFrontend  # noqa: E402
-from quantfw_onnx.qdq import LoweringError, count_ops, write_qdq  # noqa: E402
+from quantfw_onnx.lowering import LoweringError, count_ops, write_qdq  # noqa: E402
 
 import quantfw  # noqa: E402
 from quantfw import Node, QuantGraph, QuantSpec, Recipe, TensorRecipe  # noqa: E402

@@ -22,8 +22,7 @@ from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
 from quantfw_onnx.backend import OnnxRuntimeBackend  # noqa: E402
-from quantfw_onnx.qdq import count_ops, write_qdq  # noqa: E402
-from quantfw_onnx.qoperator import qoperator_census, to_qoperator  # noqa: E402
+from quantfw_onnx.lowering import count_ops, qoperator_census, to_qoperator, write_qdq  # noqa: E402
 from test_lowering import (  # noqa: E402
     assert_close_fused,
     f32,

@@ -96,3 +96,30 @@ def test_integer_inputs_pass_through():
     fq = FakeQuantize(QuantSpec("int8"), QuantParams(np.float32(0.1), np.int32(0)))
     ids = torch.arange(5)
     assert fq(ids) is ids
+
+
+def test_edge_modules_equalise_float_activations_and_quantized_ones():
+    from quantfw_torch.fakequant import Equalize, edge_modules
+
+    from quantfw.numerics import equalize, params_from_tensor
+    from quantfw.recipe import Equalization, Recipe, TensorRecipe
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    s = rng.uniform(0.5, 2.0, 6).astype(np.float32)
+    spec = QuantSpec("uint8", symmetric=False)
+    recipe = Recipe("generic")
+    recipe.add(
+        TensorRecipe("q", "activation", spec, params_from_tensor(x / s, spec), consumers=("a",))
+    )
+    recipe.equalizations["q"] = Equalization("q", s, ("a",))
+    recipe.equalizations["f"] = Equalization("f", s, ("b", "c"))
+    mods = edge_modules(
+        recipe, lambda name, t, scale: FakeQuantize(t.spec, t.params, equalize=scale)
+    )
+    consumers, eq = mods["f"]
+    assert consumers == ("b", "c") and isinstance(eq, Equalize)
+    np.testing.assert_array_equal(eq(torch.from_numpy(x)).numpy(), equalize(x, s))
+    consumers, fq = mods["q"]
+    assert consumers == ("a",) and isinstance(fq, FakeQuantize)
+    assert fq.inv_scale is not None

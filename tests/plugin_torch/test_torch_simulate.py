@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the torch plugin tests need torch")
 pytest.importorskip("onnxscript", reason="the torch frontend translates through onnxscript")
 
-from quantfw_onnx.qdq import write_qdq  # noqa: E402
+from quantfw_onnx.lowering import write_qdq  # noqa: E402
 from quantfw_torch import simulated_module  # noqa: E402
 from torch import nn  # noqa: E402
 

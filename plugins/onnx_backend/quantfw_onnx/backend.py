@@ -1,9 +1,10 @@
 """The ``onnxruntime`` backend: Recipe -> QDQ ONNX artifact, run by ONNX Runtime's CPU provider.
 
 ``lower`` writes the float model (the frontend's prepared copy, ``graph.forms["onnx"]``) with the
-recipe's Q/DQ (see :mod:`quantfw_onnx.qdq` for what ONNX Runtime fuses and why the lowering looks
-the way it does), checks it with ``onnx.checker`` and writes it atomically.  ``run`` executes an
-artifact with all graph optimizations on, so the integer kernels are the ones that run.
+recipe's Q/DQ (see :mod:`quantfw_onnx.lowering` for why the lowering looks the way it does, and
+``tests/plugin_onnx/test_ort_rules.py`` for what ONNX Runtime fuses), checks it with
+``onnx.checker`` and writes it atomically.  ``run`` executes an artifact with all graph
+optimizations on, so the integer kernels are the ones that run.
 
 An artifact with full 8-bit weights is exact only on CPUs with VNNI: on AVX2 without VNNI the
 u8 x s8 kernel saturates in int16 (:mod:`quantfw_onnx.avx2`).  ``run`` refuses such an artifact
@@ -82,7 +83,7 @@ def artifact_stats(model: Any) -> dict[str, Any]:
     """Counts describing a lowered model: Q/DQ nodes, integer ops, the weight code range."""
     from onnx import TensorProto, numpy_helper
 
-    from .qdq import count_ops
+    from .lowering import count_ops
 
     ops = count_ops(model)
     g = model.graph
@@ -119,7 +120,7 @@ class OnnxRuntimeBackend:
     """Lowers recipes to ONNX QDQ models and runs them with ONNX Runtime's CPU provider.
 
     :param fmt: ``"qdq"`` (default) or ``"qoperator"`` (QLinearConv / QLinearMatMul /
-        MatMulInteger where a pattern converts; see :mod:`quantfw_onnx.qoperator`).  Through
+        MatMulInteger where a pattern converts; see :mod:`quantfw_onnx.lowering.qoperator`).  Through
         :func:`quantfw.quantize` it is ``backend_options={"fmt": "qoperator"}``, on the command line
         ``--backend-option fmt=qoperator``.
     :param check_cpu: refuse, in :meth:`run`, artifacts whose 8-bit weights saturate on this CPU.
@@ -153,7 +154,7 @@ class OnnxRuntimeBackend:
 
         The format is the backend's ``fmt``: ``"qdq"`` (the default) or ``"qoperator"`` -- the same QDQ model with
         its quantized Conv/MatMul/Gemm rewritten as QLinearConv/QLinearMatMul/MatMulInteger/
-        ConvInteger (:mod:`quantfw_onnx.qoperator`), e.g.
+        ConvInteger (:mod:`quantfw_onnx.lowering.qoperator`), e.g.
         ``OnnxRuntimeBackend(fmt="qoperator").lower(result.model, result.graph, result.recipe,
         path)`` after a ``quantize`` without ``output``.  A QOperator artifact's metadata also
         counts its integer ops (``qlinear_conv``, ``qlinear_matmul``, ``matmul_integer``,
@@ -162,11 +163,11 @@ class OnnxRuntimeBackend:
         the integer ops read directly.
 
         :raises ValueError: when ``output`` is the input model's file, the format is unknown, or
-            the recipe cannot be expressed in ONNX (:class:`~quantfw_onnx.qdq.LoweringError`).
+            the recipe cannot be expressed in ONNX (:class:`~quantfw_onnx.lowering.LoweringError`).
         """
         import onnx
 
-        from .qdq import write_qdq
+        from .lowering import write_qdq
 
         output = Path(output)
         if isinstance(model, (str, os.PathLike)):
@@ -175,7 +176,7 @@ class OnnxRuntimeBackend:
         qmodel = write_qdq(source, graph, recipe, fmt=self.fmt)
         stats = artifact_stats(qmodel)
         if self.fmt == "qoperator":
-            from .qoperator import qoperator_stats
+            from .lowering import qoperator_stats
 
             stats.update(qoperator_stats(qmodel))
         size = qmodel.ByteSize()

@@ -10,7 +10,7 @@
   as extra outputs, with the float-model rewrites it is given; with a recipe it runs the QDQ
   model instead (every quantizer applied, none of ONNX Runtime's integer fusions).
 * :meth:`OnnxFrontend.simulate` inserts QuantizeLinear/DequantizeLinear per the recipe
-  (:func:`quantfw_onnx.qdq.write_qdq`) and runs that model with every ONNX Runtime graph
+  (:func:`quantfw_onnx.lowering.write_qdq`) and runs that model with every ONNX Runtime graph
   optimization disabled, so the result is exact fake quantization rather than integer kernels.
 """
 
@@ -115,7 +115,7 @@ class OnnxFrontend:
         source = self._source(model, graph)
         if recipe is None:
             return collect(source, tensors, batches, initializers=weights, threads=self.threads)
-        from .qdq import write_qdq
+        from .lowering import write_qdq
 
         qdq = write_qdq(source, graph, recipe, fmt="qdq")
         names = [_before_quantizer(qdq, t) for t in tensors]
@@ -125,7 +125,7 @@ class OnnxFrontend:
     def simulate(
         self, model: object, graph: QuantGraph, recipe: Recipe
     ) -> Callable[[Batch], dict[str, np.ndarray]]:
-        from .qdq import write_qdq
+        from .lowering import write_qdq
 
         source = self._source(model, graph)
         qdq = write_qdq(source, graph, recipe, fmt="qdq")
