@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .loader import SHELL_BYTES, _copy_fields, _data_free, data_bytes
+from .loader.shell import SHELL_BYTES, copy_fields, data_bytes, data_free
 
 __all__ = [
     "session_options",
@@ -93,7 +93,7 @@ def _lent(tensor: onnx.TensorProto) -> onnx.TensorProto:
     """The data-free stand-in of an initializer whose value ONNX Runtime gets as an OrtValue
     (``add_external_initializers`` replaces tensors marked as external data; the location is
     never opened)."""
-    out = _data_free(tensor, placeholder=False)
+    out = data_free(tensor, placeholder=False)
     out.data_location = onnx.TensorProto.EXTERNAL
     out.external_data.add(key="location", value=_LENT_LOCATION)
     return out
@@ -130,8 +130,8 @@ class OrtSession:
             if changed is None:  # a plain mapping: take its float tensors
                 changed = {k: v for k, v in initializers.items() if np.asarray(v).dtype.kind == "f"}
         shell = onnx.ModelProto()
-        _copy_fields(model, shell, skip=("graph",))
-        _copy_fields(model.graph, shell.graph, skip=("initializer", "output"))
+        copy_fields(model, shell, skip=("graph",))
+        copy_fields(model.graph, shell.graph, skip=("initializer", "output"))
         graph_inputs = {i.name for i in model.graph.input}
         self._borrowed: list[Any] = []  # arrays and OrtValues the session reads: keep alive
         lent_names: list[str] = []
