@@ -28,7 +28,8 @@ from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 
 from .capture import capture as capture_graph
-from .loader import _get_meta, _set_meta, is_prepared, load_onnx, prepare
+from .loader import is_prepared, load_onnx, prepare
+from .loader.meta import get_meta, set_meta
 from .runner import OrtSession, collect
 
 __all__ = ["OnnxFrontend", "SOURCE_KEY", "FORMAT"]
@@ -84,7 +85,7 @@ class OnnxFrontend:
         """
         model = load_onnx(path)
         model = self._prepare(model, inplace=True, where=f"ONNX model file {os.fspath(path)!r}")
-        _set_meta(model, SOURCE_KEY, Path(path).name)
+        set_meta(model, SOURCE_KEY, Path(path).name)
         return model
 
     def capture(self, model: object) -> QuantGraph:
@@ -97,7 +98,7 @@ class OnnxFrontend:
                 f"the onnx frontend takes an onnx.ModelProto or a .onnx path, not "
                 f"{type(model).__name__}"
             )
-        source_file = _get_meta(prepared, SOURCE_KEY)
+        source_file = get_meta(prepared, SOURCE_KEY)
         return capture_graph(prepared, name=Path(source_file).stem if source_file else None)
 
     def collect(

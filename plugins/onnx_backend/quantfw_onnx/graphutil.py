@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import onnx
+from onnx import helper
 
-__all__ = ["unique_name", "edges"]
+__all__ = ["unique_name", "edges", "attribute", "subgraphs", "outer_names"]
 
 
 def unique_name(taken: set[str], base: str, first_suffix: int = 2) -> str:
@@ -33,3 +35,31 @@ def edges(nodes: Iterable[onnx.NodeProto]) -> tuple[dict[str, int], dict[str, li
             if t:
                 readers.setdefault(t, []).append(i)
     return producer, readers
+
+
+def attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    """The value of ``node``'s attribute ``name``, or ``default`` when it has none."""
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs held in ``node``'s attributes (an If's branches, a Loop's body, ...)."""
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            yield a.g
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            yield from a.graphs
+
+
+def outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name the nodes of ``graph`` (and of the graphs nested in it) read: a subgraph
+    body reads tensors of the enclosing graph without listing them as inputs."""
+    names: set[str] = set()
+    for n in graph.node:
+        names.update(t for t in n.input if t)
+        for sub in subgraphs(n):
+            names |= outer_names(sub)
+    return names

@@ -6,8 +6,10 @@ arrays through ``SessionOptions.add_external_initializers`` (the shell marks the
 data) instead of being serialized with the graph.  So
 the model is never turned into one big ``bytes`` (which would copy every weight, and fails past
 protobuf's 2 GiB), ONNX Runtime reads the weights from the arrays without copying them, and
-weights a transform rewrote (``QuantGraph.initializers``) replace the model's own without touching
-it.
+the float-model rewrites a frontend is given replace the model's own without touching it.  A
+session that only collects tensors runs only the nodes those tensors need (ONNX Runtime itself
+runs every node, whatever outputs are asked for): the input of a model's first layer costs one
+layer, not the whole model.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .loader import SHELL_BYTES, _copy_fields, _data_free, data_bytes
+from .graphutil import outer_names, subgraphs
+from .loader.shell import SHELL_BYTES, copy_fields, data_bytes, data_free
 
 __all__ = [
     "session_options",
@@ -93,7 +96,7 @@ def _lent(tensor: onnx.TensorProto) -> onnx.TensorProto:
     """The data-free stand-in of an initializer whose value ONNX Runtime gets as an OrtValue
     (``add_external_initializers`` replaces tensors marked as external data; the location is
     never opened)."""
-    out = _data_free(tensor, placeholder=False)
+    out = data_free(tensor, placeholder=False)
     out.data_location = onnx.TensorProto.EXTERNAL
     out.external_data.add(key="location", value=_LENT_LOCATION)
     return out
@@ -103,12 +106,13 @@ class OrtSession:
     """An ONNX Runtime session over a model, built once, with the arrays it borrows kept alive.
 
     :param model: the ModelProto (not modified).
-    :param initializers: values to use instead of the model's initializers: a
-        :class:`~quantfw_onnx.capture.InitializerStore` contributes its ``changed`` entries, any
-        other mapping every floating-point entry the model has.
+    :param initializers: values to use instead of some of the model's initializers (the
+        float-model rewrites a frontend's ``collect`` is given), by name.
     :param outputs: extra tensors to expose as outputs (intermediate activations).
     :param threads: intra-op threads.
     :param optimize: ``False`` for ``ORT_DISABLE_ALL``.
+    :param only_outputs: expose ``outputs`` alone (not the model's own outputs), and keep only
+        the nodes and initializers they need.
     """
 
     def __init__(
@@ -119,24 +123,26 @@ class OrtSession:
         outputs: Sequence[str] = (),
         threads: int | None = None,
         optimize: bool = True,
+        only_outputs: bool = False,
     ) -> None:
         import onnxruntime as ort
 
         self.model = model
         so = session_options(threads=threads, optimize=optimize)
-        changed: Mapping[str, np.ndarray] = {}
-        if initializers is not None:
-            changed = getattr(initializers, "changed", None)  # type: ignore[assignment]
-            if changed is None:  # a plain mapping: take its float tensors
-                changed = {k: v for k, v in initializers.items() if np.asarray(v).dtype.kind == "f"}
+        changed: Mapping[str, np.ndarray] = initializers or {}
         shell = onnx.ModelProto()
-        _copy_fields(model, shell, skip=("graph",))
-        _copy_fields(model.graph, shell.graph, skip=("initializer", "output"))
+        copy_fields(model, shell, skip=("graph",))
+        copy_fields(model.graph, shell.graph, skip=("initializer", "output", "node"))
+        nodes = _needed_nodes(model.graph, outputs) if only_outputs else list(model.graph.node)
+        shell.graph.node.extend(nodes)
+        read = outer_names(shell.graph)
         graph_inputs = {i.name for i in model.graph.input}
         self._borrowed: list[Any] = []  # arrays and OrtValues the session reads: keep alive
         lent_names: list[str] = []
         lent_values: list[Any] = []
         for t in model.graph.initializer:
+            if only_outputs and t.name not in read:
+                continue
             value = None
             if t.name in graph_inputs:  # overridable initializer: leave it to the graph
                 pass
@@ -168,8 +174,9 @@ class OrtSession:
             self._borrowed.extend(lent_values)
         #: names of the initializers ONNX Runtime reads from numpy arrays (not from the graph)
         self.lent = lent_names
-        shell.graph.output.extend(model.graph.output)
-        declared = {o.name for o in model.graph.output}
+        if not only_outputs:
+            shell.graph.output.extend(model.graph.output)
+        declared = {o.name for o in shell.graph.output}
         known = {vi.name: vi for vi in model.graph.value_info}
         for name in outputs:
             if name in declared:
@@ -284,8 +291,32 @@ def collect_session(
     """The session :func:`collect` runs: the model with ``tensor_names`` as extra outputs."""
     computed = _computed(model, tensor_names)
     return OrtSession(
-        model, initializers=initializers, outputs=computed, threads=threads, optimize=optimize
+        model,
+        initializers=initializers,
+        outputs=computed,
+        threads=threads,
+        optimize=optimize,
+        only_outputs=bool(computed),  # a graph needs some output: nothing computed, keep its own
     )
+
+
+def _needed_nodes(graph: onnx.GraphProto, outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """The nodes of ``graph`` that ``outputs`` depend on, in graph order (a node's subgraphs
+    count as inputs it reads)."""
+    producer = {t: i for i, n in enumerate(graph.node) for t in n.output if t}
+    keep: set[int] = set()
+    todo = [producer[t] for t in outputs if t in producer]
+    while todo:
+        i = todo.pop()
+        if i in keep:
+            continue
+        keep.add(i)
+        n = graph.node[i]
+        reads = {t for t in n.input if t}
+        for sub in subgraphs(n):
+            reads |= outer_names(sub)
+        todo.extend(producer[t] for t in reads if t in producer)
+    return [n for i, n in enumerate(graph.node) if i in keep]
 
 
 def _computed(model: onnx.ModelProto, names: Sequence[str]) -> list[str]:

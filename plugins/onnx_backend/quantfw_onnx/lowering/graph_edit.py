@@ -3,16 +3,14 @@ element types, the opset and IR version, Gemm attributes, pruning unread DQs, op
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import onnx
 from onnx import helper
 
+from ..graphutil import subgraphs
 from ..opset import DEFAULT_DOMAINS, default_opset
 from .errors import LoweringError
 
 __all__ = [
-    "subgraphs",
     "all_names",
     "rename_reads",
     "read_in_subgraphs",
@@ -23,15 +21,6 @@ __all__ = [
     "prune_unread_dequantize",
     "count_ops",
 ]
-
-
-def subgraphs(node: onnx.NodeProto) -> Iterable[onnx.GraphProto]:
-    """The graphs held by ``node``'s attributes (If branches, Loop and Scan bodies)."""
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
 
 
 def all_names(graph: onnx.GraphProto, out: set[str]) -> None:

@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..graphutil import edges, unique_name
+from ..graphutil import edges, subgraphs, unique_name
 from ..opset import DEFAULT_DOMAINS
-from .graph_edit import all_names, subgraphs
+from .graph_edit import all_names
 
 __all__ = ["DQ", "QOut", "Rewriter"]
 
