@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -66,6 +68,7 @@ def test_core_python_examples_run_in_order(tmp_path, monkeypatch):
     assert (tmp_path / "mlp.recipe.json").exists()
 
 
+@pytest.mark.slow
 def test_python_examples_run_in_order(tmp_path, monkeypatch):
     """Every example, in order, where every extra they import is installed."""
     import importlib.util
@@ -110,6 +113,7 @@ def test_demo_main_job():
     assert acc["W:ternary A:int8"] > acc["W:int2 A:int8"]  # absmean scaling beats min-max
 
 
+@pytest.mark.slow
 def test_x86_main_job():
     """The README's main job: the digits CNN quantized for this CPU's x86 target, run in ORT."""
     import pytest

@@ -13,6 +13,8 @@ from torch_test_models import mean_pool  # noqa: E402
 import quantfw  # noqa: E402
 import quantfw.qat  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the real all-MiniLM-L6-v2: an export and a QAT step each
+
 
 def _embeddings(run, batches):
     out = []

@@ -118,6 +118,7 @@ def test_convert_refuses_a_plain_module():
         quantfw.qat.convert(nn.Linear(2, 2))
 
 
+@pytest.mark.slow
 def test_qat_recovers_what_ptq_loses_at_w3a3(digits):
     """At W3A3 minmax PTQ loses about 4 points on digits; ten epochs of QAT (STE, Adam 1e-3 with
     cosine decay, the benchmarks/torch_qat.py schedule) win most of them back."""
