@@ -225,7 +225,7 @@ def plugins(as_json: bool) -> None:
     """List plugins: name, version, status (loaded / failed / blocked) and what each registers."""
     registry = _registry(strict=False)
     reports = [r.to_dict() for r in registry.plugins]
-    conflicts = [c.to_dict() for c in getattr(registry, "conflicts", [])]
+    conflicts = [c.to_dict() for c in registry.conflicts]
     if as_json:
         click.echo(json.dumps({"plugins": reports, "conflicts": conflicts}, indent=1))
         return
@@ -239,7 +239,7 @@ def plugins(as_json: bool) -> None:
         for kind, names in (r.get("registers") or {}).items():
             if names:
                 click.echo(f"    {kind}: {', '.join(names)}")
-    for c in getattr(registry, "conflicts", []):
+    for c in registry.conflicts:
         click.echo(f"error: {c.message()}", err=True)
 
 

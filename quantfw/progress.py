@@ -7,9 +7,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .api.components import Stage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .plugins.registry import Registry
 
 __all__ = ["Reporter", "Timer"]
 
@@ -25,8 +28,8 @@ class Reporter:
     """Sends ``quantfw_on_stage`` / ``quantfw_on_progress`` events to the registry's plugin
     manager and, when ``enabled``, draws tqdm progress bars on stderr."""
 
-    def __init__(self, registry: Any, enabled: bool = False) -> None:
-        self.pm = getattr(registry, "plugin_manager", None)
+    def __init__(self, registry: Registry, enabled: bool = False) -> None:
+        self.pm = registry.plugin_manager
         self.enabled = enabled
         self._bars: dict[str, Any] = {}
 

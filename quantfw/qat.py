@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from .api.protocols import SupportsQAT
 from .api.result import QuantizationResult
-from .pipeline import lower, quantize
+from .pipeline import AlgorithmChoices, lower, quantize
+from .planner import Overrides
 from .summary import Summary
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,8 +60,8 @@ def prepare(
     calibration_data: Any = None,
     *,
     target: str = "generic",
-    algorithms: Any = None,
-    overrides: Any = None,
+    algorithms: AlgorithmChoices | None = None,
+    overrides: Overrides | Mapping[str, Any] | None = None,
     example_inputs: Any = None,
     learn_scales: bool = False,
     registry: Registry | None = None,

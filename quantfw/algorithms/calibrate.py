@@ -127,7 +127,7 @@ class ObserverCalibration:
         static = [
             tp
             for tp in plan.activations()
-            if not tp.spec.dynamic and getattr(tp, "fixed_params", None) is None
+            if not tp.spec.dynamic and tp.fixed_params is None
         ]
         observers = {tp.name: make_observer(self.method, tp.spec, **self.options) for tp in static}
         shapes: dict[str, tuple[int, ...]] = {}
@@ -149,7 +149,7 @@ class ObserverCalibration:
                     ranges[m] = (lo, hi)
 
         for tp in plan.activations():
-            fixed = getattr(tp, "fixed_params", None)
+            fixed = tp.fixed_params
             if tp.spec.dynamic:
                 params = None
             elif fixed is not None:
