@@ -1,8 +1,8 @@
 """Memory of the layer-wise seam: is it bounded by one layer, whatever the layer count?
 
-    python benchmarks/layerwise_memory.py [--layers 8,32,96] [--width 256] [--rows 4096]
+    python benchmarks/layerwise_memory.py [--runs 8x4096,32x4096,96x4096,32x16384] [--width 256]
 
-For each frontend (ONNX, torch) and layer count, a deep MLP (``width`` x ``width`` linear layers
+For each frontend (ONNX, torch) and each ``LAYERSxROWS`` run, a deep MLP (``width`` x ``width`` linear layers
 with ReLU between) is quantized for ``x86-vnni`` twice, each in a fresh process: with the default
 round-to-nearest, and with the plugin template's layer-wise ``ls-nudge`` (docs/plugin_template),
 which reads every layer's float and quantized inputs over ``rows`` calibration rows through
@@ -10,8 +10,8 @@ which reads every layer's float and quantized inputs over ``rows`` calibration r
 calibration inputs, what holding every layer's inputs at once would take, and the growth of the
 process's peak resident memory during ``quantize`` (``ru_maxrss`` after minus RSS before).  If
 the seam held more than one layer's data, the ls-nudge column would grow with the "all layers"
-column; bounded, it grows with the model only (the recipe keeps every rewritten weight, and the
-runtimes hold the model while running it).
+column (and with the rows); bounded, it grows with the model only (the recipe keeps every
+rewritten weight, and the runtimes hold the model while running it) and with one layer's data.
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ def child(frontend: str, layers: int, width: int, rows: int, algorithm: str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", default="8,32,96")
+    ap.add_argument("--runs", default="8x4096,32x4096,96x4096,32x16384", help="LAYERSxROWS,...")
     ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--rows", type=int, default=4096, help=argparse.SUPPRESS)
     ap.add_argument("--frontends", default="onnx,torch")
     ap.add_argument(
         "--child", nargs=3, metavar=("FRONTEND", "LAYERS", "ALGORITHM"), help=argparse.SUPPRESS
@@ -119,18 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         fe, layers, algo = args.child
         print(json.dumps(child(fe, int(layers), args.width, args.rows, algo)))
         return 0
-    w, n = args.width, args.rows
+    w = args.width
     print(
-        f"deep MLP, {w}x{w} linear layers, {n} calibration rows (batches of 256), target x86-vnni; "
+        f"deep MLP, {w}x{w} linear layers, calibration in batches of 256 rows, target x86-vnni; "
         "peak RSS growth during quantize, each run in a fresh process"
     )
     head = (
-        f"{'frontend':<9}{'layers':>7}{'model MB':>10}{'1 layer in MB':>15}{'all layers MB':>15}"
-        f"{'nearest MB':>12}{'ls-nudge MB':>13}{'ls-nudge s':>12}"
+        f"{'frontend':<9}{'layers':>7}{'rows':>7}{'model MB':>10}{'1 layer in MB':>15}"
+        f"{'all layers MB':>15}{'nearest MB':>12}{'ls-nudge MB':>13}{'ls-nudge s':>12}"
     )
     print(head)
+    runs = [tuple(int(v) for v in r.split("x")) for r in args.runs.split(",")]
     for fe in args.frontends.split(","):
-        for layers in (int(v) for v in args.layers.split(",")):
+        for layers, n in runs:
             got = {}
             for algo in ("nearest", "ls-nudge"):
                 out = subprocess.run(
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             model_mb = layers * (w * w + w) * 4 / MB
             one = n * w * 4 / MB
             print(
-                f"{fe:<9}{layers:>7}{model_mb:>10.1f}{one:>15.1f}{layers * one:>15.1f}"
+                f"{fe:<9}{layers:>7}{n:>7}{model_mb:>10.1f}{one:>15.1f}{layers * one:>15.1f}"
                 f"{got['nearest']['growth'] / MB:>12.1f}{got['ls-nudge']['growth'] / MB:>13.1f}"
                 f"{got['ls-nudge']['seconds']:>12.1f}"
             )

@@ -81,3 +81,19 @@ def test_torch_engine_runs_layer_outputs_like_the_interpreter():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
             TorchEngine("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU visible to torch")
+def test_ls_nudge_on_the_gpu_gives_the_cpu_weights(example_plugin, quantfw_registry_with):
+    quantfw_registry_with(example_plugin, onnx_plugin, torch_plugin)
+    runs = [
+        quantfw.quantize(
+            mlp(), data(), target="x86-vnni", algorithms=["ls-nudge"],
+            options={"engine": "torch", "device": device},
+        )  # fmt: skip
+        for device in ("cpu", "cuda")
+    ]
+    assert runs[1].recipe.provenance["ls-nudge"]["engine"].startswith("torch (cuda")
+    for w in runs[0].recipe.weights:
+        np.testing.assert_allclose(runs[0].recipe.weights[w], runs[1].recipe.weights[w], atol=1e-5)

@@ -266,17 +266,26 @@ def _bind_float(
     return bind(exp.module, graph, ops=ops, aliases=exp.aliases)
 
 
+class _AllRecorded(Exception):
+    """Raised inside the interpreter once every wanted value is in: the rest need not run."""
+
+
 class _Recorder:
-    """Runs an FX module and keeps the values of chosen nodes (as numpy arrays)."""
+    """Runs an FX module and keeps the values of chosen nodes (as numpy arrays), stopping as
+    soon as the last of them is computed (the input of a first layer costs one layer)."""
 
     def __init__(self, module: Any, wanted: Mapping[Any, Sequence[str]]) -> None:
         import torch
+
+        total = sum(len(v) for v in wanted.values())
 
         class Interp(torch.fx.Interpreter):
             def run_node(inner, n):  # noqa: ANN001, ANN202, N805
                 out = super().run_node(n)
                 for name in wanted.get(n, ()):
                     inner.values[name] = out.detach().cpu().numpy().copy()
+                if len(inner.values) == total:
+                    raise _AllRecorded
                 return out
 
         self.interp = Interp(module)
@@ -284,7 +293,10 @@ class _Recorder:
 
     def record(self, args: Sequence[Any]) -> dict[str, np.ndarray]:
         self.interp.values = {}
-        self.interp.run(*args)
+        try:
+            self.interp.run(*args)
+        except _AllRecorded:
+            pass
         return self.interp.values
 
 
