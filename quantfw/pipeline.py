@@ -159,108 +159,113 @@ def quantize(
         them such a frontend traces with the first calibration batch.
     :returns: the recipe, the artifact (or ``None``) and a summary.
     """
-    from .plugins import get_registry
+    from .plugins import get_registry, using_registry
     from .progress import Reporter
 
     registry = registry if registry is not None else get_registry()
-    reporter = Reporter(registry, enabled=progress)
-    t_start = time.perf_counter()
+    with using_registry(registry):  # plugins that need other components ask this one
+        reporter = Reporter(registry, enabled=progress)
+        t_start = time.perf_counter()
 
-    target_spec = registry.target(target)
-    fe_info = registry.frontend(frontend) if frontend is not None else registry.frontend_for(model)
-    fe = registry.make_frontend(fe_info.name, dict(frontend_options or {}))
-    if isinstance(model, (str, Path)):
-        model_obj = fe.load(Path(model))
-    else:
-        model_obj = model
-    if isinstance(fe, BindsInputs):
-        model_obj = fe.bind(
-            model_obj, example_inputs=example_inputs, calibration_data=calibration_data
+        target_spec = registry.target(target)
+        fe_info = (
+            registry.frontend(frontend) if frontend is not None else registry.frontend_for(model)
         )
-    elif example_inputs is not None:
-        raise ValueError(f"the {fe_info.name!r} frontend does not take example_inputs")
-    graph = fe.capture(model_obj)
-    if isinstance(fe, AdaptsCalibration) and calibration_data is not None:
-        calibration_data = fe.calibration_source(model_obj, graph, calibration_data)
+        fe = registry.make_frontend(fe_info.name, dict(frontend_options or {}))
+        if isinstance(model, (str, Path)):
+            model_obj = fe.load(Path(model))
+        else:
+            model_obj = model
+        if isinstance(fe, BindsInputs):
+            model_obj = fe.bind(
+                model_obj, example_inputs=example_inputs, calibration_data=calibration_data
+            )
+        elif example_inputs is not None:
+            raise ValueError(f"the {fe_info.name!r} frontend does not take example_inputs")
+        graph = fe.capture(model_obj)
+        if isinstance(fe, AdaptsCalibration) and calibration_data is not None:
+            calibration_data = fe.calibration_source(model_obj, graph, calibration_data)
 
-    ov = (
-        overrides
-        if isinstance(overrides, Overrides) or overrides is None
-        else Overrides.from_dict(dict(overrides))
-    )
-    qplan = plan(graph, target_spec, ov)
-    chosen = _choose_algorithms(registry, _normalise_algorithms(algorithms), fe_info.name)
+        ov = (
+            overrides
+            if isinstance(overrides, Overrides) or overrides is None
+            else Overrides.from_dict(dict(overrides))
+        )
+        qplan = plan(graph, target_spec, ov)
+        chosen = _choose_algorithms(registry, _normalise_algorithms(algorithms), fe_info.name)
 
-    calib = (
-        None if calibration_data is None else CalibrationData(calibration_data, graph, batch_size)
-    )
-    recipe = Recipe(target=target_spec.name, decisions=[d.to_dict() for d in qplan.decisions])
-    ctx = StageContext(
-        model=model_obj,
-        frontend=fe,
-        frontend_name=fe_info.name,
-        graph=graph,
-        plan=qplan,
-        target=target_spec,
-        recipe=recipe,
-        calibration=calib,
-        progress=reporter.progress,
-        options=dict(options or {}),
-        engines=lambda name, device, autograd: registry.engine(name, device, autograd=autograd),
-    )
+        calib = (
+            None
+            if calibration_data is None
+            else CalibrationData(calibration_data, graph, batch_size)
+        )
+        recipe = Recipe(target=target_spec.name, decisions=[d.to_dict() for d in qplan.decisions])
+        ctx = StageContext(
+            model=model_obj,
+            frontend=fe,
+            frontend_name=fe_info.name,
+            graph=graph,
+            plan=qplan,
+            target=target_spec,
+            recipe=recipe,
+            calibration=calib,
+            progress=reporter.progress,
+            options=dict(options or {}),
+            engines=lambda name, device, autograd: registry.engine(name, device, autograd=autograd),
+        )
 
-    timings: dict[str, float] = {}
-    for stage in STAGE_ORDER:
-        for info, opts in chosen[stage]:
-            algo = info.factory(**opts)
-            with reporter.stage(stage.value, info.name, ctx) as timer:
-                algo.run(ctx)
-            timings[f"{stage.value}:{info.name}"] = timer.elapsed
-    reporter.close()
+        timings: dict[str, float] = {}
+        for stage in STAGE_ORDER:
+            for info, opts in chosen[stage]:
+                algo = info.factory(**opts)
+                with reporter.stage(stage.value, info.name, ctx) as timer:
+                    algo.run(ctx)
+                timings[f"{stage.value}:{info.name}"] = timer.elapsed
+        reporter.close()
 
-    missing = [
-        tp.name
-        for tp in qplan.tensors.values()
-        if tp.role != "bias" and not tp.spec.dynamic and tp.name not in recipe.tensors
-    ]
-    if missing:
-        raise RuntimeError(f"the pipeline left tensors without parameters: {missing[:10]}")
-    recipe.check()
+        missing = [
+            tp.name
+            for tp in qplan.tensors.values()
+            if tp.role != "bias" and not tp.spec.dynamic and tp.name not in recipe.tensors
+        ]
+        if missing:
+            raise RuntimeError(f"the pipeline left tensors without parameters: {missing[:10]}")
+        recipe.check()
 
-    recipe.provenance.update(
-        {
-            "target": target_spec.name,
-            "frontend": fe_info.name,
-            "model": graph.name,
-            "algorithms": {
-                s.value: [i.name for i, _ in chosen[s]] for s in STAGE_ORDER if chosen[s]
-            },
-            "algorithm_options": {i.name: o for s in STAGE_ORDER for i, o in chosen[s] if o},
-            "calibration_samples": None if calib is None else calib.num_samples,
-            "overrides": ov.to_dict() if ov is not None else None,
-            "versions": _versions(),
-        }
-    )
+        recipe.provenance.update(
+            {
+                "target": target_spec.name,
+                "frontend": fe_info.name,
+                "model": graph.name,
+                "algorithms": {
+                    s.value: [i.name for i, _ in chosen[s]] for s in STAGE_ORDER if chosen[s]
+                },
+                "algorithm_options": {i.name: o for s in STAGE_ORDER for i, o in chosen[s] if o},
+                "calibration_samples": None if calib is None else calib.num_samples,
+                "overrides": ov.to_dict() if ov is not None else None,
+                "versions": _versions(),
+            }
+        )
 
-    artifact, backend_note, lower_s = lower(
-        registry, target_spec, graph, recipe, output,
-        backend=backend, backend_options=backend_options, reporter=reporter, ctx=ctx,
-        inputs=[model] if isinstance(model, (str, Path)) else [],
-    )  # fmt: skip
-    timings.update(lower_s)
+        artifact, backend_note, lower_s = lower(
+            registry, target_spec, graph, recipe, output,
+            backend=backend, backend_options=backend_options, reporter=reporter, ctx=ctx,
+            inputs=[model] if isinstance(model, (str, Path)) else [],
+        )  # fmt: skip
+        timings.update(lower_s)
 
-    summary = Summary.build(
-        graph=graph,
-        plan=qplan,
-        recipe=recipe,
-        target=target_spec,
-        frontend=fe_info.name,
-        timings=timings,
-        backend_note=backend_note,
-        artifact=artifact,
-        total_seconds=time.perf_counter() - t_start,
-    )
-    return QuantizationResult(recipe, artifact, summary, graph, qplan, model_obj, fe)
+        summary = Summary.build(
+            graph=graph,
+            plan=qplan,
+            recipe=recipe,
+            target=target_spec,
+            frontend=fe_info.name,
+            timings=timings,
+            backend_note=backend_note,
+            artifact=artifact,
+            total_seconds=time.perf_counter() - t_start,
+        )
+        return QuantizationResult(recipe, artifact, summary, graph, qplan, model_obj, fe)
 
 
 def _backend_note(registry: Registry, spec: TargetSpec, backends: list, usable: list) -> str:

@@ -9,6 +9,7 @@ import pytest
 import quantfw
 from quantfw import AlgorithmInfo, BackendInfo, Node, QuantGraph, Stage
 from quantfw.api import Artifact
+from quantfw.interpreter import run_graph
 from quantfw.numerics import dequantize, fake_quantize, quantize
 from quantfw.plugins import make_plugin_manager, use_plugin_manager
 from quantfw.samples import digits_data, train_digits_mlp
@@ -30,7 +31,7 @@ def _acc(fn, x, y):
 
 def test_int8_digits_keeps_accuracy(digits):
     graph, x_tr, x_te, y_te = digits
-    float_acc = _acc(lambda b: quantfw.interpreter.run_graph(graph, b), x_te, y_te)
+    float_acc = _acc(lambda b: run_graph(graph, b), x_te, y_te)
     assert float_acc > 0.93  # the model really learned something
     res = quantfw.quantize(graph, x_tr[:128], target="generic")
     q_acc = _acc(res.simulate(), x_te, y_te)
@@ -110,7 +111,7 @@ def test_shared_scale_group_gets_one_param_set():
 def test_every_calibrator_runs_and_stays_close(digits, method):
     graph, x_tr, x_te, y_te = digits
     res = quantfw.quantize(graph, x_tr[:128], algorithms=[method])
-    float_out = quantfw.interpreter.run_graph(graph, {"pixels": x_te})["logits"]
+    float_out = run_graph(graph, {"pixels": x_te})["logits"]
     sim = res.simulate()({"pixels": x_te})["logits"]
     agree = float((float_out.argmax(1) == sim.argmax(1)).mean())
     assert agree > 0.95, (method, agree)
@@ -287,7 +288,7 @@ def test_consumer_side_quantization_leaves_float_readers_float():
     assert h_rec.consumers == ("fc",)
     assert not res.plan.decision("res").quantized
     # reference by hand: fc reads fq(h), the residual add reads the float h
-    h = quantfw.interpreter.run_graph(g, {"x": x}, outputs=["h"])["h"]
+    h = run_graph(g, {"x": x}, outputs=["h"])["h"]
     w = res.recipe.tensors["w"]
     f = (
         fake_quantize(h, h_rec.params, h_rec.spec)

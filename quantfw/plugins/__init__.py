@@ -33,7 +33,14 @@ from .manager import (
 )
 from .registry import DuplicateComponentError, Registry
 from .reports import KINDS, ComponentStatus, Conflict, PluginReport, canonical_name
-from .state import get_plugin_manager, get_registry, reset_plugin_manager, use_plugin_manager
+from .state import (
+    current_registry,
+    get_plugin_manager,
+    get_registry,
+    reset_plugin_manager,
+    use_plugin_manager,
+    using_registry,
+)
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -55,6 +62,7 @@ __all__ = [
     "canonical_name",
     "check_plugin",
     "coerce_registration",
+    "current_registry",
     "emit_progress",
     "emit_stage",
     "get_plugin_manager",
@@ -66,4 +74,5 @@ __all__ = [
     "reset_plugin_manager",
     "stage_events",
     "use_plugin_manager",
+    "using_registry",
 ]

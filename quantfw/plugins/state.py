@@ -7,6 +7,7 @@ Nothing is loaded when :mod:`quantfw` is imported.  :func:`reset_plugin_manager`
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -17,7 +18,18 @@ from .manager import QuantfwPluginManager, make_plugin_manager, parse_names
 if TYPE_CHECKING:  # pragma: no cover
     from .registry import Registry
 
-__all__ = ["get_plugin_manager", "get_registry", "reset_plugin_manager", "use_plugin_manager"]
+__all__ = [
+    "current_registry",
+    "get_plugin_manager",
+    "get_registry",
+    "reset_plugin_manager",
+    "use_plugin_manager",
+    "using_registry",
+]
+
+_current: contextvars.ContextVar[Registry | None] = contextvars.ContextVar(
+    "quantfw_registry", default=None
+)
 
 _lock = threading.RLock()
 _pm: QuantfwPluginManager | None = None
@@ -78,3 +90,21 @@ def use_plugin_manager(pm: QuantfwPluginManager) -> Iterator[QuantfwPluginManage
     finally:
         with _lock:
             _pm, _pm_disabled, _registry = saved
+
+
+def current_registry() -> Registry:
+    """The registry of the quantization in progress (``quantize(registry=...)``), else the
+    process-wide one.  A plugin that needs another component while it works -- a frontend
+    capturing through another format's frontend -- asks this one."""
+    registry = _current.get()
+    return registry if registry is not None else get_registry()
+
+
+@contextlib.contextmanager
+def using_registry(registry: Registry) -> Iterator[Registry]:
+    """Make ``registry`` the :func:`current_registry` inside the ``with`` block."""
+    token = _current.set(registry)
+    try:
+        yield registry
+    finally:
+        _current.reset(token)

@@ -121,7 +121,7 @@ class TorchFrontend:
         return adapt(data, list(graph.inputs))
 
     def capture(self, model: object) -> QuantGraph:
-        from quantfw.plugins import get_registry
+        from quantfw.plugins import current_registry
 
         from .export import TorchModel, as_torch_model, export_module
 
@@ -129,7 +129,7 @@ class TorchFrontend:
         exp = export_module(tm, opset=self.opset)
         exp.onnx_model.graph.name = type(tm.module).__name__  # names the QuantGraph
         # the translation is ours: the onnx frontend may prepare it in place (no second copy)
-        onnx_frontend = get_registry().make_frontend("onnx", {"copy_model": False})
+        onnx_frontend = current_registry().make_frontend("onnx", {"copy_model": False})
         graph = onnx_frontend.capture(exp.onnx_model)
         graph.source = TorchSource(exp, _demote_untraceable(graph, exp))
         return graph
