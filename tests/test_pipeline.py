@@ -298,3 +298,32 @@ def test_consumer_side_quantization_leaves_float_readers_float():
     # and the recipe keeps that through a save/load
     back = quantfw.Recipe.load(res.recipe.save(Path(tempfile.mkdtemp()) / "r")[0])
     assert back.tensors["h"].consumers == ("fc",)
+
+
+def test_plugins_see_the_registry_of_the_quantization_in_progress():
+    """A component that asks for another during a run (a frontend capturing through another
+    format's frontend) gets the registry the run was given, not the process-wide one."""
+    from quantfw.graph_frontend import GraphFrontend
+    from quantfw.plugins import build_registry, current_registry, get_registry
+
+    seen = []
+
+    class Spy(GraphFrontend):
+        def capture(self, model):
+            seen.append(current_registry())
+            return super().capture(model)
+
+    class Plugin:
+        @quantfw.hookimpl
+        def quantfw_register_frontends(self, register):
+            register(quantfw.FrontendInfo("spy", Spy))
+
+    pm = make_plugin_manager(load_entrypoints=False)
+    pm.register(Plugin(), name="spy")
+    mine = build_registry(pm)
+    g = QuantGraph(
+        [Node("fc", "linear", ["x"], ["y"], weights={"weight": "w"})],
+        ["x"], ["y"], {"w": np.ones((2, 3), np.float32)},
+    )  # fmt: skip
+    quantfw.quantize(g, np.ones((4, 3), np.float32), frontend="spy", registry=mine)
+    assert seen == [mine] and current_registry() is get_registry()
