@@ -224,3 +224,20 @@ def test_ls_nudge_gives_the_same_weights_on_the_torch_engine(example_plugin, qua
     assert b.recipe.provenance["ls-nudge"]["engine"] == "torch (cpu)"
     for name in ("w1", "w2", "w3"):
         np.testing.assert_allclose(a.recipe.weights[name], b.recipe.weights[name], atol=1e-5)
+
+
+def test_block_boundary_and_frontends_without_block_modules(quantfw_registry_with):
+    from quantfw.api.blocks import block_boundary
+
+    graph = mlp()
+    assert block_boundary(graph, ["fc1", "act", "fc2"]) == (["x"], ["z"])
+    assert block_boundary(graph, ["act", "fc2", "fc3"]) == (["h"], ["y"])
+    assert block_boundary(graph, ["fc2"]) == (["a"], ["z"])
+    with pytest.raises(KeyError, match="no node\\(s\\) named \\['nope'\\]"):
+        block_boundary(graph, ["fc1", "nope"])
+
+    def look(ctx, p):
+        with pytest.raises(ValueError, match="'graph' frontend cannot build block modules"):
+            ctx.block_problem(["fc1", "act"])
+
+    run_probe(quantfw_registry_with, look)

@@ -125,9 +125,7 @@ class ObserverCalibration:
             )
 
         static = [
-            tp
-            for tp in plan.activations()
-            if not tp.spec.dynamic and tp.fixed_params is None
+            tp for tp in plan.activations() if not tp.spec.dynamic and tp.fixed_params is None
         ]
         observers = {tp.name: make_observer(self.method, tp.spec, **self.options) for tp in static}
         shapes: dict[str, tuple[int, ...]] = {}

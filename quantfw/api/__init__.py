@@ -9,12 +9,14 @@
 * :mod:`~quantfw.api.data` and :mod:`~quantfw.api.result` -- ``Batch``, ``Artifact`` and
   ``QuantizationResult``;
 * :mod:`~quantfw.api.layers` -- ``LayerProblem``, one layer at a time for layer-wise algorithms;
+* :mod:`~quantfw.api.blocks` -- ``BlockProblem``, a run of layers for block-wise ones;
 * :mod:`~quantfw.api.engines` -- compute engines (numpy, torch) for those algorithms;
 * :mod:`~quantfw.api.formats` -- model format names and the extras that bring them.
 
 ``docs/contract.md`` is generated from these docstrings (``python -m quantfw.api.reference``).
 """
 
+from .blocks import BlockModule, BlockProblem, ProvidesBlocks
 from .components import (
     STAGE_ORDER,
     AlgorithmInfo,
@@ -60,6 +62,8 @@ __all__ = [
     "BackendInfo",
     "Batch",
     "BindsInputs",
+    "BlockModule",
+    "BlockProblem",
     "ComponentError",
     "Converter",
     "ConverterInfo",
@@ -72,6 +76,7 @@ __all__ = [
     "LayerProblem",
     "NumpyEngine",
     "ProgressFn",
+    "ProvidesBlocks",
     "QuantizationResult",
     "Stage",
     "StageContext",

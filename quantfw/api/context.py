@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..recipe import Equalization
+from .blocks import BlockProblem, ProvidesBlocks, block_boundary
 from .layers import LAYER_KINDS, LayerProblem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -226,6 +227,27 @@ class StageContext:
         if t.consumers is not None and node.name not in t.consumers:
             return None
         return t
+
+    def block_problem(self, nodes: Sequence[str]) -> BlockProblem:
+        """The block of graph nodes ``nodes`` as a :class:`~quantfw.api.blocks.BlockProblem`:
+        its boundary, a trainable module of it with the recipe so far inside (built by the
+        frontend), and its data.
+
+        :raises ValueError: when the frontend cannot build block modules (block-wise
+            reconstruction needs one that can: the torch frontend).
+        """
+        if not isinstance(self.frontend, ProvidesBlocks):
+            raise ValueError(
+                f"the {self.frontend_name!r} frontend cannot build block modules, so block-wise "
+                "reconstruction (BRECQ, QDrop) is not available for this model; quantize the "
+                "model as a torch.nn.Module (the torch frontend can), or use a layer-wise method"
+            )
+        inputs, outputs = block_boundary(self.graph, nodes)
+        ordered = tuple(n.name for n in self.graph.nodes if n.name in set(nodes))
+        block = self.frontend.block_module(
+            self.model, self.graph, self.recipe, ordered, inputs, outputs
+        )
+        return BlockProblem(ordered, tuple(inputs), tuple(outputs), block, host=self)
 
     def engine(
         self, name: str | None = None, device: str | None = None, *, autograd: bool = False

@@ -3,7 +3,8 @@
 Required protocols: :class:`Frontend`, :class:`Backend`, :class:`Converter` (with
 :class:`~quantfw.api.context.Algorithm` beside the stage context it runs in, and
 :class:`~quantfw.api.engines.Engine`).  A frontend may also implement any of the capability
-protocols :class:`BindsInputs`, :class:`AdaptsCalibration` and :class:`SupportsQAT`; the pipeline
+protocols :class:`BindsInputs`, :class:`AdaptsCalibration`, :class:`SupportsQAT` and
+:class:`~quantfw.api.blocks.ProvidesBlocks`; the pipeline
 uses a capability exactly when :func:`has_capability` says the object has it, and
 :func:`quantfw.plugins.check_plugin` (``deep=True``) checks the methods' signatures against these
 declarations.  The docstrings here are the contract.
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..graph import QuantGraph
+from .blocks import ProvidesBlocks
 from .data import Artifact, Batch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -178,6 +180,7 @@ CAPABILITIES: dict[str, type] = {
     "bind": BindsInputs,
     "calibration_source": AdaptsCalibration,
     "qat": SupportsQAT,
+    "blocks": ProvidesBlocks,
 }
 
 

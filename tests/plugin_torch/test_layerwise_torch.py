@@ -89,7 +89,10 @@ def test_ls_nudge_on_the_gpu_gives_the_cpu_weights(example_plugin, quantfw_regis
     quantfw_registry_with(example_plugin, onnx_plugin, torch_plugin)
     runs = [
         quantfw.quantize(
-            mlp(), data(), target="x86-vnni", algorithms=["ls-nudge"],
+            mlp(),
+            data(),
+            target="x86-vnni",
+            algorithms=["ls-nudge"],
             options={"engine": "torch", "device": device},
         )  # fmt: skip
         for device in ("cpu", "cuda")

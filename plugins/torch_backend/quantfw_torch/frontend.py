@@ -196,6 +196,21 @@ class TorchFrontend:
         run.module = sim  # type: ignore[attr-defined]
         return run
 
+    # -- block-wise reconstruction (quantfw.api.blocks) -----------------------------------------
+    def block_module(
+        self,
+        model: object,
+        graph: QuantGraph,
+        recipe: Recipe,
+        nodes: Sequence[str],
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+    ) -> Any:
+        """See :func:`quantfw_torch.blocks.block_module`."""
+        from .blocks import block_module
+
+        return block_module(graph, recipe, nodes, inputs, outputs)
+
     # -- quantization-aware training (quantfw.qat) ---------------------------------------------
     def qat_prepare(self, result: Any, *, learn_scales: bool = False) -> Any:
         """See :func:`quantfw_torch.qat.qat_prepare`."""
@@ -312,8 +327,13 @@ def simulated_module(graph: QuantGraph, recipe: Recipe) -> torch.fx.GraphModule:
     return _simulated(graph, recipe).module
 
 
-def _simulated(graph: QuantGraph, recipe: Recipe) -> Any:
-    """:func:`simulated_module`'s :class:`~quantfw_torch.bind.Bound` (module and tensor map)."""
+def _simulated(
+    graph: QuantGraph, recipe: Recipe, trainable: Mapping[str, Any] | None = None
+) -> Any:
+    """:func:`simulated_module`'s :class:`~quantfw_torch.bind.Bound` (module and tensor map).
+
+    ``trainable`` maps weighted node names to the :class:`~quantfw_torch.bind.WeightedOp` that
+    re-implements them instead of constants already fake-quantized (see :func:`trainable_op`)."""
     from quantfw.simulate import simulated_weights
 
     from .bind import WeightedOp, bind
@@ -321,8 +341,12 @@ def _simulated(graph: QuantGraph, recipe: Recipe) -> Any:
 
     exp = exported_of(graph)
     weights = simulated_weights(graph, recipe)
+    trainable = dict(trainable or {})
     ops = {}
     for n in graph.nodes:
+        if n.name in trainable:
+            ops[n.name] = trainable[n.name]
+            continue
         if not _weighted(n) or not any(w in weights for w in _ws(n)):
             continue
         w = n.weights["weight"]
@@ -341,4 +365,36 @@ def _simulated(graph: QuantGraph, recipe: Recipe) -> Any:
     )
     return bind(
         exp.module, graph, ops=ops, activations=acts, constants=constants, aliases=exp.aliases
+    )
+
+
+def trainable_op(graph: QuantGraph, recipe: Recipe, node: Any) -> Any:
+    """A weighted node on its float weight and bias (the recipe's rewritten ones first) as
+    ``nn.Parameter``, behind fake quantizers with the recipe's parameters: the simulation's
+    numbers, differentiable (rounding passes gradients straight through)."""
+    import torch
+
+    from .bind import WeightedOp
+    from .fakequant import FakeQuantize
+
+    def param(name: str) -> torch.nn.Parameter:
+        value = recipe.weights.get(name, graph.initializers[name])
+        return torch.nn.Parameter(torch.from_numpy(np.array(value, dtype=np.float32, copy=True)))
+
+    def quantizer(name: str) -> FakeQuantize | None:
+        t = recipe.tensors.get(name)
+        return (
+            None
+            if t is None or t.role == "activation"
+            else FakeQuantize(t.spec, t.params, name=name)
+        )
+
+    if not _weighted(node):
+        raise ValueError(f"node {node.name!r} ({node.op.value}) holds no trainable weight")
+    w, b = node.weights["weight"], node.weights.get("bias")
+    return WeightedOp(
+        param(w),
+        param(b) if b else None,
+        weight_fq=quantizer(w),
+        bias_fq=quantizer(b) if b else None,
     )

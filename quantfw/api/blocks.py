@@ -1,0 +1,132 @@
+"""Block problems: a run of layers reconstructed together (BRECQ, QDrop), where a frontend can
+supply one.
+
+A block is a set of graph nodes; its *inputs* are the activations its nodes read that no node of
+the block computes, its *outputs* the tensors its nodes compute that something outside reads (or
+the graph returns).  Reconstructing it needs what a layer problem cannot give: a differentiable
+module of the whole block, with the recipe's quantizers in it and its weights as trainable
+parameters.  That module is framework-native, so a frontend supplies it through the
+:class:`ProvidesBlocks` capability (the torch frontend does); the core computes the block's
+boundary and streams its inputs and float outputs batch by batch, as for layer problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..graph import QuantGraph
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..recipe import Recipe
+    from .layers import LayerHost
+
+__all__ = ["BlockModule", "BlockProblem", "ProvidesBlocks", "block_boundary"]
+
+
+@dataclass
+class BlockModule:
+    """What a frontend builds for a block.
+
+    :ivar module: callable on the block's inputs (engine arrays, in ``BlockProblem.inputs``
+        order) returning its outputs (a tuple, in ``BlockProblem.outputs`` order); its weights
+        are trainable and the recipe's quantizers (weights and activations) sit in it.
+    :ivar engine: the compute engine whose arrays ``module`` takes (``"torch"``).
+    :ivar weights: the current values of the block's trainable weights, by initializer name (in
+        the layout the graph stores them).
+    :ivar parameters: the trainable weights themselves (engine arrays), by initializer name.
+    """
+
+    module: Any
+    engine: str
+    weights: Callable[[], dict[str, np.ndarray]]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ProvidesBlocks(Protocol):
+    """A frontend that can build a trainable module for a block of its graph."""
+
+    def block_module(
+        self,
+        model: object,
+        graph: QuantGraph,
+        recipe: Recipe,
+        nodes: Sequence[str],
+        inputs: Sequence[str],
+        outputs: Sequence[str],
+    ) -> BlockModule:
+        """A differentiable module of ``nodes`` from ``inputs`` (as their producers computed
+        them, before their own quantizers) to ``outputs`` (likewise), with ``recipe``'s
+        quantization inside and the weights of ``nodes`` (``recipe.weights`` first) trainable.
+
+        :raises ValueError: naming what in the block cannot be separated from the model.
+        """
+
+
+def block_boundary(graph: QuantGraph, nodes: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(inputs, outputs)`` of the block ``nodes`` of ``graph``, in graph order.
+
+    :raises KeyError: an unknown node.
+    :raises ValueError: an empty block.
+    """
+    names = set(nodes)
+    known = {n.name for n in graph.nodes}
+    unknown = sorted(names - known)
+    if unknown:
+        raise KeyError(f"graph {graph.name!r} has no node(s) named {unknown}")
+    if not names:
+        raise ValueError("a block needs at least one node")
+    inside = [n for n in graph.nodes if n.name in names]
+    produced = {t for n in inside for t in n.outputs}
+    inputs = list(dict.fromkeys(t for n in inside for t in n.inputs if t not in produced))
+    inputs = [t for t in inputs if t not in graph.initializers]
+    read_outside = {t for n in graph.nodes if n.name not in names for t in n.inputs}
+    outputs = [t for n in inside for t in n.outputs if t in read_outside or t in graph.outputs]
+    return inputs, outputs
+
+
+@dataclass
+class BlockProblem:
+    """A block to reconstruct: its nodes, boundary, trainable module and data.
+
+    :ivar nodes: the block's graph nodes; ``inputs`` and ``outputs`` its boundary tensors.
+    :ivar block: the frontend's :class:`BlockModule`.
+    """
+
+    nodes: tuple[str, ...]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    block: BlockModule
+    host: LayerHost | None = field(default=None, repr=False, compare=False)
+
+    def input_batches(self, *, quantized: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """The block's inputs per calibration batch: with every quantizer upstream applied as
+        the recipe says now (default), or the float model's."""
+        yield from self._host().collect(self.inputs, quantized=quantized)
+
+    def output_batches(self, *, quantized: bool = False) -> Iterator[dict[str, np.ndarray]]:
+        """The block's outputs per calibration batch: the float model's (default, the usual
+        reconstruction target) or the quantized model's."""
+        yield from self._host().collect(self.outputs, quantized=quantized)
+
+    def pairs(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+        """``(quantized-model inputs, float outputs)`` per batch, side by side."""
+        yield from zip(self.input_batches(), self.output_batches(), strict=True)
+
+    def commit(self) -> list[str]:
+        """Write the module's current weights into the recipe (the quantized model's weights);
+        the names written."""
+        host = self._host()
+        values = self.block.weights()
+        for name, value in values.items():
+            host.set_quantized_weight(name, value)
+        return list(values)
+
+    def _host(self) -> LayerHost:
+        if self.host is None:
+            raise RuntimeError("this BlockProblem was not made by StageContext.block_problem")
+        return self.host
