@@ -8,13 +8,16 @@ and ``Size`` of tensors whose shape is statically known fold too.  A result abov
 ONNX Runtime cannot compute.
 
 Values come from ONNX Runtime, the runtime the model is meant for, with every graph optimization
-off.  One session computes all of a pass's foldable values at once, each node output being a
-graph output of it: with that, what ORT does even with optimizations off (Cast removal, fp16
-nodes run in fp32) leaves every value as a one-node session would compute it.  Nodes reading an
-initializer above :data:`~quantfw_onnx.loader.shell.SHELL_BYTES` (a weight), and the nodes
-downstream of them, are run one node per session as they are reached, so that no weight is
-converted while the others are held too; and if the joint session fails, every node is run on its
-own, so a node ORT cannot run stays a node without stopping the others.
+off.  One *joint* session computes most of a pass's values at once, every node output being a
+graph output of it, so that each value is the one a session of that node alone gives (ORT's
+Cast clean-up, which runs even with optimizations off, keeps Casts that produce graph outputs).
+Run one node per session, as they are reached, are: nodes reading an fp16 or bf16 value (ORT runs
+such nodes in fp32 between Casts it inserts, and drops the Casts between two of them, which would
+skip a rounding to fp16), nodes reading an initializer above
+:data:`~quantfw_onnx.loader.shell.SHELL_BYTES` (a weight: no weight is converted while the others
+are held), nodes reading a value of unknown type, and the nodes downstream of all of these.  If
+the joint session fails, every node runs on its own, so a node ORT cannot run stays a node
+without stopping the others.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..opset import DEFAULT_DOMAINS, default_opset
 from .index import GraphIndex, drop_unused_initializers
 from .shell import SHELL_BYTES, data_bytes
 
-__all__ = ["fold_constants", "static_shapes"]
+__all__ = ["fold_constants"]
 
 # Ops cheap and safe to evaluate at prepare time when all their inputs are constants.
 _FOLDABLE = frozenset(
@@ -46,9 +49,12 @@ _FOLDABLE = frozenset(
 )
 # Above this many elements a folded result must not be larger than its inputs together.
 _FOLD_FREE_ELEMENTS = 1 << 16
+# Element types the joint session never reads: ORT runs many fp16 nodes in fp32 between Casts it
+# inserts, and drops the Casts between two such nodes, so a value would skip fp16 rounding.
+_NOT_JOINT = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 
 
-def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape, for the tensors of ``model``'s value_info, inputs and outputs whose
     every dimension is a known number."""
     out: dict[str, tuple[int, ...]] = {}
@@ -68,6 +74,17 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _element_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Tensor name -> ONNX element type, for the tensors of ``model``'s value_info, inputs and
+    outputs whose type is known."""
+    g = model.graph
+    return {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(g.value_info) + list(g.input) + list(g.output)
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
+    }
+
+
 def fold_constants(model: onnx.ModelProto) -> int:
     """Fold constant nodes into initializers, in place (see the module docstring).  Returns how
     many nodes were folded."""
@@ -76,7 +93,7 @@ def fold_constants(model: onnx.ModelProto) -> int:
     if opset is None:
         return 0  # no default-domain op to fold
     idx = GraphIndex(graph)
-    plan = _plan(graph, idx, static_shapes(model))
+    plan = _plan(model, idx)
     values = _run_joint(plan, idx, opset, model.ir_version)
     keep: list[onnx.NodeProto] = []
     folded = 0
@@ -90,8 +107,8 @@ def fold_constants(model: onnx.ModelProto) -> int:
                 if out in values:
                     value = values.pop(out)
                 else:
-                    value = _run([node], _feeds(ins, idx, {}), opset, model.ir_version)
-                    value = None if value is None else value[out]
+                    alone = _run([node], _feeds(ins, idx, {}), opset, model.ir_version)
+                    value = None if alone is None else alone[out]
                 value = _kept(value, ins, idx)
         if value is None:
             keep.append(node)
@@ -116,20 +133,25 @@ class _Plan:
     #: positions of the other foldable nodes: computed when their inputs turn out constant
     computed: set[int] = field(default_factory=set)
     #: the computed nodes, in graph order, whose inputs are small constants, static values or
-    #: outputs of earlier joint nodes: the joint session's graph
+    #: outputs of earlier joint nodes, none of them fp16 or bf16: the joint session's graph
     joint: list[onnx.NodeProto] = field(default_factory=list)
     #: static values by output name (what joint nodes may read)
     named: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def _plan(graph: onnx.GraphProto, idx: GraphIndex, shapes: dict[str, tuple[int, ...]]) -> _Plan:
+def _plan(model: onnx.ModelProto, idx: GraphIndex) -> _Plan:
+    """Sort the foldable nodes of ``model`` into a :class:`_Plan` (nothing is run yet)."""
     plan = _Plan()
-    small = {
+    shapes = _static_shapes(model)
+    types = _element_types(model)
+    joinable = {  # what joint nodes may read
         t
         for t, proto in idx.inits.items()
-        if t not in idx.graph_inputs and data_bytes(proto) <= SHELL_BYTES
+        if t not in idx.graph_inputs
+        and data_bytes(proto) <= SHELL_BYTES
+        and proto.data_type not in _NOT_JOINT
     }
-    for i, node in enumerate(graph.node):
+    for i, node in enumerate(model.graph.node):
         if not (
             node.domain in DEFAULT_DOMAINS
             and node.op_type in _FOLDABLE
@@ -151,12 +173,15 @@ def _plan(graph: onnx.GraphProto, idx: GraphIndex, shapes: dict[str, tuple[int, 
             value = np.array(math.prod(shapes[ins[0]]), np.int64)
         elif ins:
             plan.computed.add(i)
-            if all(t in small for t in ins):
+            if all(t in joinable for t in ins):
                 plan.joint.append(node)
-                small.add(out)
+                if types.get(out, TensorProto.UNDEFINED) not in _NOT_JOINT | {
+                    TensorProto.UNDEFINED
+                }:
+                    joinable.add(out)
         if value is not None:
             plan.static[i] = plan.named[out] = value
-            small.add(out)
+            joinable.add(out)
     return plan
 
 
