@@ -27,8 +27,8 @@ Constant operands of element-wise ops stay in ``node.inputs`` as initializer nam
 are not inputs.  Ops whose output is not floating point (shape arithmetic) are ``other``.
 """
 
-from .graph import capture, default_name
+from .graph import capture
 from .store import InitializerStore
 from .view import FLOAT_TYPES
 
-__all__ = ["capture", "default_name", "InitializerStore", "FLOAT_TYPES"]
+__all__ = ["capture", "InitializerStore", "FLOAT_TYPES"]

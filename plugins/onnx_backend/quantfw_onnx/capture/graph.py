@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 
 from quantfw.graph import Node, QuantGraph
@@ -14,7 +12,7 @@ from .nodes import Handler, other
 from .patterns import find_fusions
 from .view import GraphView
 
-__all__ = ["capture", "default_name"]
+__all__ = ["capture"]
 
 #: ONNX op type (default domain) -> handler.
 _HANDLERS: dict[str, Handler] = {**compute_ops.HANDLERS, **layout_ops.HANDLERS}
@@ -98,10 +96,3 @@ def capture(model: onnx.ModelProto, *, name: str | None = None) -> QuantGraph:
         )
     graph_name = name or model.graph.name or "model"
     return _graph(GraphView(model), graph_name)
-
-
-def default_name(source: str | Path | onnx.ModelProto) -> str:
-    """A graph name for a model: the file's stem, else the ONNX graph name."""
-    if isinstance(source, onnx.ModelProto):
-        return source.graph.name or "model"
-    return Path(source).stem
