@@ -170,6 +170,29 @@ def test_the_core_imports_no_framework_at_module_level():
     assert framework_imports_at_module_level() == []
 
 
+def test_every_plugin_has_a_public_api_module():
+    """Each plugin exposes ``<package>.api`` (the one module other plugins may import), whose
+    ``__all__`` names only what it imports or defines."""
+    files = module_files()
+    for pkg in PACKAGES:
+        if pkg == "quantfw":
+            continue
+        path = files.get(f"{pkg}.api")
+        assert path is not None, f"{pkg} has no api module"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        bound = {
+            a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names
+        }
+        bound |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        exported = next(
+            ast.literal_eval(n.value)
+            for n in tree.body
+            if isinstance(n, ast.Assign)
+            and any(getattr(t, "id", "") == "__all__" for t in n.targets)
+        )
+        assert exported and set(exported) <= bound, (pkg, set(exported) - bound)
+
+
 def test_the_checks_can_fail(tmp_path, monkeypatch):
     """The rules above are not vacuous: a planted loop and a planted private import are found."""
     core = tmp_path / "quantfw"

@@ -10,16 +10,8 @@ __all__ = ["TorchModel", "load_state_dict", "simulated_module", "__version__"]
 
 
 def __getattr__(name: str):  # lazy: importing the package (the plugin hook) must not load torch
-    if name == "TorchModel":
-        from .export import TorchModel
+    if name in ("TorchModel", "load_state_dict", "simulated_module"):
+        from . import api
 
-        return TorchModel
-    if name == "load_state_dict":
-        from .weights import load_state_dict
-
-        return load_state_dict
-    if name == "simulated_module":
-        from .frontend import simulated_module
-
-        return simulated_module
+        return getattr(api, name)
     raise AttributeError(name)
