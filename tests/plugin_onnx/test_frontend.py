@@ -293,13 +293,12 @@ def test_load_rejects_unloaded_external_data(kit, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# simulate (needs the QDQ writer)
+# simulate
 # ------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("which", "target"), [("cnn", "generic"), ("transformer", "x86-vnni")])
 def test_simulate_is_the_reference_fake_quantization(kit, tmp_path, which, target):
-    pytest.importorskip("quantfw_onnx.lowering", reason="the QDQ writer is not there yet")
     import quantfw
 
     build, batch = (
