@@ -19,6 +19,7 @@ frontend whether it accepts an ONNX file never loads torch.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -163,13 +164,19 @@ class TorchFrontend:
                     f"tensor {t!r} of graph {graph.name!r} has no FX node in the exported module"
                 )
             wanted.setdefault(node, []).append(t)
-        for batch in batches:
-            with torch.no_grad():
-                values = _Recorder(bound.module, wanted).record(flat_inputs(exp, batch))
-            missing = [t for t in tensors if t not in values]
-            if missing:
-                raise KeyError(f"tensors {missing} were not computed for this batch")
-            yield values
+        try:
+            for batch in batches:
+                with torch.no_grad():
+                    values = _Recorder(bound.module, wanted).record(flat_inputs(exp, batch))
+                missing = [t for t in tensors if t not in values]
+                if missing:
+                    raise KeyError(f"tensors {missing} were not computed for this batch")
+                yield values
+        finally:
+            # an FX module is cyclic garbage: free this one (and its copy of every weight) now,
+            # not whenever the collector next runs, or layer-wise passes pile copies up
+            del bound, wanted
+            gc.collect()
 
     def simulate(
         self, model: object, graph: QuantGraph, recipe: Recipe
