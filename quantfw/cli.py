@@ -19,14 +19,16 @@ from .version import __version__
 __all__ = ["main"]
 
 
-def _parse_algorithm(text: str, hint: str = "--algorithm") -> tuple[str, dict[str, Any]]:
+def _parse_algorithm(text: str) -> tuple[str, dict[str, Any]]:
     """``name`` or ``name:key=value,key=value`` (values parsed as JSON where they parse)."""
     name, _, rest = text.partition(":")
     options: dict[str, Any] = {}
     for part in filter(None, rest.split(",")):
         key, eq, value = part.partition("=")
         if not eq:
-            raise click.BadParameter(f"{text!r}: option {part!r} needs key=value", param_hint=hint)
+            raise click.BadParameter(
+                f"{text!r}: option {part!r} needs key=value", param_hint="--algorithm"
+            )
         try:
             options[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -53,8 +55,19 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _options(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs as a dict (values parsed as JSON where they parse)."""
-    return _parse_algorithm(f"{flag}:" + ",".join(pairs), flag)[1] if pairs else {}
+    """``KEY=VALUE`` pairs (each may hold several, comma-separated) as a dict, values parsed as
+    JSON where they parse."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        for part in filter(None, pair.split(",")):
+            key, eq, value = part.partition("=")
+            if not eq or not key.strip():
+                raise click.BadParameter(f"{part!r} is not KEY=VALUE", param_hint=flag)
+            try:
+                options[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                options[key.strip()] = value
+    return options
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -7,16 +7,17 @@ import platform
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .api.components import STAGE_ORDER, AlgorithmInfo, Stage
-from .api.context import StageContext
+from .api.components import STAGE_ORDER, AlgorithmInfo, BackendInfo, Stage
+from .api.context import Algorithm, StageContext
 from .api.data import Artifact
 from .api.formats import install_hint_for
-from .api.protocols import AdaptsCalibration, BindsInputs
+from .api.protocols import AdaptsCalibration, Backend, BindsInputs
 from .api.result import QuantizationResult
 from .calibration import CalibrationData
 from .errors import UnavailableError
@@ -37,6 +38,8 @@ __all__ = [
     "AlgorithmChoice",
     "AlgorithmChoices",
     "DEFAULT_ALGORITHMS",
+    "Lowering",
+    "choose_lowering",
     "lower",
 ]
 
@@ -99,6 +102,13 @@ def _choose_algorithms(
         if not chosen[stage]:
             chosen[stage].append((registry.algorithm(default), {}))
     return chosen
+
+
+def _build(info: AlgorithmInfo, options: dict[str, Any]) -> Algorithm:
+    try:
+        return info.factory(**options)
+    except TypeError as exc:
+        raise ValueError(f"algorithm {info.name!r} rejected its options {options}: {exc}") from None
 
 
 def _versions() -> dict[str, str]:
@@ -193,6 +203,12 @@ def quantize(
         )
         qplan = plan(graph, target_spec, ov)
         chosen = _choose_algorithms(registry, _normalise_algorithms(algorithms), fe_info.name)
+        # every option is checked before any work: the algorithms, then the backend
+        steps = [(s, info, _build(info, opts)) for s in STAGE_ORDER for info, opts in chosen[s]]
+        lowering = choose_lowering(
+            registry, target_spec, output, backend=backend, backend_options=backend_options,
+            inputs=[model] if isinstance(model, (str, Path)) else [],
+        )  # fmt: skip
 
         calib = (
             None
@@ -215,12 +231,10 @@ def quantize(
         )
 
         timings: dict[str, float] = {}
-        for stage in STAGE_ORDER:
-            for info, opts in chosen[stage]:
-                algo = info.factory(**opts)
-                with reporter.stage(stage.value, info.name, ctx) as timer:
-                    algo.run(ctx)
-                timings[f"{stage.value}:{info.name}"] = timer.elapsed
+        for stage, info, algo in steps:
+            with reporter.stage(stage.value, info.name, ctx) as timer:
+                algo.run(ctx)
+            timings[f"{stage.value}:{info.name}"] = timer.elapsed
         reporter.close()
 
         missing = [
@@ -247,11 +261,7 @@ def quantize(
             }
         )
 
-        artifact, backend_note, lower_s = lower(
-            registry, target_spec, graph, recipe, output,
-            backend=backend, backend_options=backend_options, reporter=reporter, ctx=ctx,
-            inputs=[model] if isinstance(model, (str, Path)) else [],
-        )  # fmt: skip
+        artifact, backend_note, lower_s = lowering.run(graph, recipe, reporter=reporter, ctx=ctx)
         timings.update(lower_s)
 
         summary = Summary.build(
@@ -282,32 +292,62 @@ def _backend_note(registry: Registry, spec: TargetSpec, backends: list, usable: 
     return f"no usable backend for {spec.name!r} ({'; '.join(reasons)})"
 
 
-def lower(
+@dataclass
+class Lowering:
+    """The backend chosen for a target (and built with its options), or why there is none.
+
+    :ivar note: for the summary: what the backend did or can do, or why there is no artifact.
+    """
+
+    target: TargetSpec
+    output: Path | None
+    info: BackendInfo | None
+    backend: Backend | None
+    note: str
+    registry: Registry
+
+    def run(
+        self,
+        graph: QuantGraph,
+        recipe: Recipe,
+        *,
+        reporter: Reporter | None = None,
+        ctx: StageContext | None = None,
+    ) -> tuple[Artifact | None, str, dict[str, float]]:
+        """Write the artifact when there is an output: ``(artifact or None, note, timings)``.
+
+        :raises UnavailableError: the model cannot be had in a format the backend lowers.
+        """
+        if self.output is None or self.info is None or self.backend is None:
+            return None, self.note, {}
+        _, source = self.registry.model_in(self.info.accepts, graph)
+        t0 = time.perf_counter()
+        name = self.info.name
+        with reporter.stage("lower", name, ctx) if reporter is not None else nullcontext():
+            artifact = self.backend.lower(source, graph, recipe, self.output, target=self.target)
+        return (
+            artifact,
+            f"{name} wrote {artifact.path}",
+            {f"lower:{name}": time.perf_counter() - t0},
+        )
+
+
+def choose_lowering(
     registry: Registry,
     target_spec: TargetSpec,
-    graph: QuantGraph,
-    recipe: Recipe,
     output: str | os.PathLike[str] | None,
     *,
     backend: str | None = None,
     backend_options: Mapping[str, Any] | None = None,
-    reporter: Reporter | None = None,
-    ctx: StageContext | None = None,
     inputs: Sequence[str | os.PathLike[str]] = (),
-) -> tuple[Artifact | None, str, dict[str, float]]:
-    """Pick the target's backend and, when ``output`` is given, write the artifact.
+) -> Lowering:
+    """The target's backend: the first usable one of :meth:`Registry.backends_for
+    <quantfw.plugins.Registry.backends_for>` (or ``backend``), built with ``backend_options``
+    when ``output`` is given.  Called before any work, so a bad option fails at once.
 
-    The backend is the first usable one of :meth:`Registry.backends_for
-    <quantfw.plugins.Registry.backends_for>` (or ``backend``), and it receives the captured
-    model in a format it accepts (:meth:`Registry.model_in <quantfw.plugins.Registry.model_in>`)
-    and the target spec.
-
-    :returns: ``(artifact or None, a note for the summary, {"lower:<backend>": seconds})``.
-    :raises ValueError: an unknown backend or options it rejects.
-    :raises UnavailableError: ``output`` given but no backend usable here, or the model cannot
-        be had in a format the backend lowers.
+    :raises ValueError: an unknown backend, options it rejects, ``output`` naming an input file.
+    :raises UnavailableError: ``output`` given but no backend usable here.
     """
-    artifact, timings = None, {}
     backends = registry.backends_for(target_spec)
     if backend is not None:
         chosen = [b for b in backends if b.name == backend]
@@ -319,25 +359,41 @@ def lower(
             )
         backends = chosen
     usable = [b for b in backends if b.availability()[0]]
-    backend_note = _backend_note(registry, target_spec, backends, usable)
-    if output is not None:
-        if not usable:
-            raise UnavailableError(f"cannot write {output}: {backend_note}")
-        from .fileio import check_not_input
+    note = _backend_note(registry, target_spec, backends, usable)
+    if output is None:
+        if usable:
+            note = f"backend {usable[0].name} available; pass output= to write the artifact"
+        return Lowering(target_spec, None, usable[0] if usable else None, None, note, registry)
+    if not usable:
+        raise UnavailableError(f"cannot write {output}: {note}")
+    from .fileio import check_not_input
 
-        if inputs:
-            check_not_input(output, list(inputs))
-        be = usable[0]
-        try:
-            lowering = be.factory(**dict(backend_options or {}))
-        except TypeError as exc:
-            raise ValueError(f"backend {be.name!r} rejected backend_options: {exc}") from None
-        _, source = registry.model_in(be.accepts, graph)
-        t0 = time.perf_counter()
-        with reporter.stage("lower", be.name, ctx) if reporter is not None else nullcontext():
-            artifact = lowering.lower(source, graph, recipe, Path(output), target=target_spec)
-        timings[f"lower:{be.name}"] = time.perf_counter() - t0
-        backend_note = f"{be.name} wrote {artifact.path}"
-    elif usable:
-        backend_note = f"backend {usable[0].name} available; pass output= to write the artifact"
-    return artifact, backend_note, timings
+    if inputs:
+        check_not_input(output, list(inputs))
+    info = usable[0]
+    try:
+        built = info.factory(**dict(backend_options or {}))
+    except TypeError as exc:
+        raise ValueError(f"backend {info.name!r} rejected backend_options: {exc}") from None
+    return Lowering(target_spec, Path(output), info, built, note, registry)
+
+
+def lower(
+    registry: Registry,
+    target_spec: TargetSpec,
+    graph: QuantGraph,
+    recipe: Recipe,
+    output: str | os.PathLike[str] | None,
+    *,
+    backend: str | None = None,
+    backend_options: Mapping[str, Any] | None = None,
+) -> tuple[Artifact | None, str, dict[str, float]]:
+    """:func:`choose_lowering` then :meth:`Lowering.run`, for a recipe made elsewhere
+    (:func:`quantfw.qat.convert`).
+
+    :returns: ``(artifact or None, a note for the summary, {"lower:<backend>": seconds})``.
+    """
+    lowering = choose_lowering(
+        registry, target_spec, output, backend=backend, backend_options=backend_options
+    )
+    return lowering.run(graph, recipe)

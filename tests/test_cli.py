@@ -119,6 +119,15 @@ def test_quantize_errors_are_clear(model_files, tmp_path):
     assert res.exit_code == 1 and "nosuch" in res.output
     res = runner.invoke(cli, ["quantize", str(tmp_path / "calib.npz"), "--calib", str(calib)])
     assert res.exit_code == 1 and "no frontend accepts" in res.output
+    # option mistakes: one line naming what took the option, no traceback
+    for args, words in [
+        (["-a", "minmax:bogus=1"], ["algorithm 'minmax' rejected its options", "bogus"]),
+        (["-F", "bogus=1"], ["frontend 'graph' rejected frontend_options"]),
+        (["-F", "threads"], ["--frontend-option", "'threads' is not KEY=VALUE"]),
+    ]:
+        res = runner.invoke(cli, ["quantize", str(model), "--calib", str(calib), *args])
+        assert res.exit_code in (1, 2) and all(w in res.output for w in words), res.output
+        assert "Traceback" not in res.output and not isinstance(res.exception, TypeError)
 
 
 def test_listings():

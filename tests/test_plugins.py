@@ -726,6 +726,53 @@ def test_check_plugin_accepts_conforming_plugins() -> None:
     assert check_plugin(Recorder()) == []
 
 
+def test_deep_check_builds_components_and_checks_their_protocols() -> None:
+    class Lax:
+        def __init__(self, **options):  # swallows a misspelt option
+            pass
+
+        def run(self, ctx):
+            pass
+
+    class NoCtx:
+        def run(self):
+            pass
+
+    class BadFrontend:
+        def accepts(self, model):
+            return False
+
+        def load(self, path):
+            return None
+
+        def capture(self, model, extra):  # an argument the pipeline never passes
+            return None
+
+        def collect(self, model, graph, tensors, batches):  # no weights=/recipe=
+            return iter(())
+
+        def simulate(self, model, graph, recipe):
+            return None
+
+    class Plugin:
+        @hookimpl
+        def quantfw_register_algorithms(self, register):
+            register(AlgorithmInfo("lax", "finalize", Lax))
+            register(AlgorithmInfo("no-ctx", "finalize", NoCtx))
+
+        @hookimpl
+        def quantfw_register_frontends(self, register):
+            register(FrontendInfo("bad-fe", BadFrontend))
+
+    assert check_plugin(Plugin()) == []  # the shallow check builds nothing
+    problems = "\n".join(check_plugin(Plugin(), deep=True))
+    assert "algorithm 'lax': factory() accepted the unknown option" in problems
+    assert "algorithm 'no-ctx': run() must take a positional argument 'ctx'" in problems
+    assert "frontend 'bad-fe': capture() requires an argument 'extra'" in problems
+    assert "frontend 'bad-fe': collect() must take the keyword argument 'weights'" in problems
+    assert "frontend 'bad-fe': collect() must take the keyword argument 'recipe'" in problems
+
+
 def test_check_plugin_finds_problems(tmp_path) -> None:
     class Unmarked:
         def quantfw_register_frontends(self, register):

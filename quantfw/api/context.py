@@ -148,13 +148,16 @@ class StageContext:
         :param quantized: run the model with the recipe so far applied as fake quantization
             (each tensor as its producer computed it, before its own quantizer); by default the
             float model (with :meth:`set_weight` rewrites) runs.
-        :raises ValueError: when no calibration data was given.
+        :raises ValueError: when no calibration data was given (so does reading a layer or
+            block problem's inputs).
         """
         if self.calibration is None:
             raise ValueError(
-                f"target {self.plan.target!r} needs calibration data for {len(tensors)} "
-                "activation tensor(s): pass calibration_data (or --calib), or quantize "
-                "activations dynamically (overrides={'dynamic': True}) where the target allows it"
+                "this quantization runs the model, which needs calibration data: pass "
+                "calibration_data (or --calib).  Static activation ranges need it (quantize "
+                "activations dynamically instead, overrides={'dynamic': True}, where the target "
+                "allows it), and so do algorithms that read activations (SmoothQuant, "
+                "layer-wise methods; skip SmoothQuant with algorithms=['none'])"
             )
         done = 0
         outs_iter = self.frontend.collect(

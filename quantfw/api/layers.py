@@ -71,10 +71,12 @@ class LayerProblem:
 
     @property
     def weight_spec(self) -> QuantSpec | None:
+        """How the weight is quantized (``None`` before the calibrate stage)."""
         return None if self.weight_recipe is None else self.weight_recipe.spec
 
     @property
     def weight_params(self) -> QuantParams | None:
+        """The weight's scale and zero point (``None`` before the calibrate stage)."""
         return None if self.weight_recipe is None else self.weight_recipe.params
 
     def inputs(self, *, quantized: bool | None = None) -> Iterator[np.ndarray]:
@@ -96,8 +98,10 @@ class LayerProblem:
         yield from zip(self.inputs(quantized=False), self.inputs(quantized=True), strict=True)
 
     def output(self, x: np.ndarray, weight: np.ndarray | None = None) -> np.ndarray:
-        """The layer's float output for input ``x`` with ``weight`` (default: the current one),
-        computed by the reference interpreter."""
+        """The layer's output for input ``x`` with ``weight`` (default: the current one) and the
+        current bias, in float: no quantizer is applied (fake-quantize ``x`` with
+        ``input_recipe`` and the weight with ``weight_recipe`` to see what the runtime
+        computes), by the reference interpreter."""
         from ..interpreter import layer_output
 
         return layer_output(self.node, x, self.weight if weight is None else weight, self.bias)

@@ -109,6 +109,11 @@ def _build(kind: str, item: Any) -> Any:
     return item.factory()
 
 
+#: Kinds whose factories take the user's options (and must refuse unknown ones).
+_OPTION_KINDS = ("frontend", "algorithm", "backend")
+_PROBE_OPTION = "quantfw_conformance_probe"
+
+
 def _deep_problems(kind: str, name: str, item: Any) -> list[str]:
     label = f"{kind} {name!r}"
     try:
@@ -116,6 +121,21 @@ def _deep_problems(kind: str, name: str, item: Any) -> list[str]:
     except Exception as exc:
         return [f"{label}: factory() with default options raised {type(exc).__name__}: {exc}"]
     problems = protocol_problems(obj, _PROTOCOLS[kind], label)
+    if kind in _OPTION_KINDS:
+        try:
+            item.factory(**{_PROBE_OPTION: True})
+        except TypeError:
+            pass
+        except Exception as exc:
+            problems.append(
+                f"{label}: an unknown option made factory() raise {type(exc).__name__}, not "
+                f"TypeError ({exc})"
+            )
+        else:
+            problems.append(
+                f"{label}: factory() accepted the unknown option {_PROBE_OPTION!r}; unknown "
+                "options must raise TypeError (a user's misspelt option would pass unnoticed)"
+            )
     if kind == "frontend":
         for cap, proto in CAPABILITIES.items():
             methods, _ = _members(proto)

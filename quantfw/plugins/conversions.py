@@ -67,9 +67,11 @@ def describe_missing(
     targets: Sequence[str],
     converters: Iterable[ConverterInfo],
     unavailable: dict[str, str],
+    installed: Iterable[str] = (),
 ) -> str:
     """Why no conversion leads from any of ``sources`` to any of ``targets``, and what to
-    install; ``unavailable`` maps registered-but-unusable converter names to their reason."""
+    install; ``unavailable`` maps registered-but-unusable converter names to their reason,
+    ``installed`` lists the formats some installed plugin already handles (no hint for those)."""
     known = [f"{c.source}→{c.target} ({c.name})" for c in converters]
     parts = [
         f"no installed conversion leads from {' or '.join(sources) or 'the model'} to "
@@ -81,7 +83,10 @@ def describe_missing(
             "registered but unusable here: "
             + "; ".join(f"{name}: {why}" for name, why in unavailable.items())
         )
-    hints = sorted({h for f in (*targets, *sources) if (h := install_hint_for(f))})
+    handled = set(installed)
+    hints = sorted(
+        {h for f in (*targets, *sources) if f not in handled and (h := install_hint_for(f))}
+    )
     if hints:
         parts.append(f"plugins for these formats: {', '.join(hints)}")
     return "; ".join(parts)

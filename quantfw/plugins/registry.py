@@ -316,6 +316,15 @@ class Registry:
 
     # -- conversions ---------------------------------------------------------------------------
 
+    def formats(self) -> set[str]:
+        """Every model format an installed component reads or writes."""
+        found = {f.format for f in self.frontends.values()}
+        for c in self.converters.values():
+            found |= {c.source, c.target}
+        for b in self.backends.values():
+            found |= {b.artifact_format, *b.accepts}
+        return found
+
     def _converters(self) -> tuple[list[ConverterInfo], dict[str, str]]:
         usable, unusable = [], {}
         for name, info in self.converters.items():
@@ -336,7 +345,9 @@ class Registry:
         usable, unusable = self._converters()
         path = find_path(usable, source, target, keeps_names=keeps_names)
         if path is None:
-            raise ConversionError(describe_missing([source], [target], usable, unusable))
+            raise ConversionError(
+                describe_missing([source], [target], usable, unusable, self.formats())
+            )
         return path
 
     def convert(self, model: object, source: str, target: str, **options: Any) -> object:
@@ -371,7 +382,7 @@ class Registry:
         raise ConversionError(
             f"graph {graph.name!r} needs to be in {' or '.join(formats)} form, and its frontend "
             f"recorded {', '.join(have) if have else 'no model form'}; "
-            + describe_missing(have, list(formats), usable, unusable)
+            + describe_missing(have, list(formats), usable, unusable, self.formats())
         )
 
     # -- engines -------------------------------------------------------------------------------

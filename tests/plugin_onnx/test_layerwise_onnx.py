@@ -127,3 +127,22 @@ def test_an_equalised_float_activation_is_one_mul_on_its_edge(tmp_path):
     np.testing.assert_allclose(
         want, reference_runner(res.graph, plain)(data)["y"], atol=0.05 * np.abs(want).max()
     )
+
+
+def test_option_mistakes_fail_before_any_work(tmp_path):
+    """A bad algorithm or backend option is refused before the model runs once."""
+    runs = []
+
+    def data():
+        runs.append(1)
+        return batches(n=1)
+
+    for kwargs, words in [
+        ({"algorithms": [("minmax", {"percentil": 99})]}, "algorithm 'minmax' rejected"),
+        ({"backend_options": {"fmt": "qop"}}, "fmt='qop': choose one of qdq, qoperator"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            quantfw.quantize(
+                mlp_model(), data, target="x86-vnni", output=tmp_path / "m.onnx", **kwargs
+            )
+    assert runs == [] and not (tmp_path / "m.onnx").exists()

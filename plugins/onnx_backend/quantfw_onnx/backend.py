@@ -130,6 +130,12 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, *, fmt: str = "qdq", check_cpu: bool = True, threads: int | None = None):
+        from .lowering import FORMATS
+
+        if fmt not in FORMATS:
+            raise ValueError(
+                f"onnxruntime backend option fmt={fmt!r}: choose one of {', '.join(FORMATS)}"
+            )
         self.fmt = fmt
         self.check_cpu = check_cpu
         self.threads = threads

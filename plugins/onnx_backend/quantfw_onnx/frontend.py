@@ -67,6 +67,13 @@ class OnnxFrontend:
         fold_constants: bool = True,
         copy_model: bool = True,
     ) -> None:
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise ValueError(
+                f"onnx frontend option threads={threads!r}: give a positive number of ONNX "
+                "Runtime intra-op threads (e.g. -F threads=2), or leave it out for ORT's default"
+            )
         self.threads = threads
         self.fold_batchnorm = fold_batchnorm
         self.fold_constants = fold_constants
