@@ -833,3 +833,44 @@ def test_registry_with_fixture_installs_its_manager(quantfw_registry_with) -> No
     registry = quantfw_registry_with(Unavailable())
     assert get_plugin_manager() is registry.plugin_manager
     assert "needs-xyz" in get_registry().algorithms  # code under test sees the plugin
+
+
+def test_conversions_chain_and_hand_backends_the_captured_form(quantfw_registry_with) -> None:
+    """Converters chain by format; a backend gets the graph's recorded form, a form reached by
+    name-keeping conversions, or a clear error; 'qgraph' is the graph itself."""
+    from quantfw import ConverterInfo, QuantGraph
+    from quantfw.plugins import ConversionError
+
+    class Tag:
+        def __init__(self, fmt: str) -> None:
+            self.fmt = fmt
+
+        def convert(self, model, **options):
+            return (*model, self.fmt, *sorted(options))
+
+    class Plugin:
+        @hookimpl
+        def quantfw_register_converters(self, register):
+            register(ConverterInfo("a-to-b", "fmt-a", "fmt-b", lambda: Tag("b"), keeps_names=True))
+            register(ConverterInfo("b-to-c", "fmt-b", "fmt-c", lambda: Tag("c")))
+            register(
+                ConverterInfo(
+                    "c-to-d", "fmt-c", "fmt-d", lambda: Tag("d"), requires=("no_such_xyz",)
+                )
+            )
+
+    registry = quantfw_registry_with(Plugin())
+    assert [c.name for c in registry.conversion_path("fmt-a", "fmt-c")] == ["a-to-b", "b-to-c"]
+    assert registry.convert(("m",), "fmt-a", "fmt-c", opt=1) == ("m", "b", "opt", "c")
+    with pytest.raises(
+        ConversionError, match="no installed conversion leads from fmt-a to fmt-d"
+    ) as err:
+        registry.convert(("m",), "fmt-a", "fmt-d")
+    assert "c-to-d: needs no_such_xyz installed" in str(err.value)
+
+    g = QuantGraph([], ["x"], ["x"], forms={"fmt-a": ("captured",)})
+    assert registry.model_in(["fmt-z", "fmt-a"], g) == ("fmt-a", ("captured",))
+    assert registry.model_in(["fmt-b"], g) == ("fmt-b", ("captured", "b"))  # keeps names
+    assert registry.model_in(["qgraph"], g) == ("qgraph", g)
+    with pytest.raises(ConversionError, match="needs to be in fmt-c form.*recorded fmt-a"):
+        registry.model_in(["fmt-c"], g)  # b-to-c renames tensors: never used for lowering
