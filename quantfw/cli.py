@@ -22,18 +22,7 @@ __all__ = ["main"]
 def _parse_algorithm(text: str) -> tuple[str, dict[str, Any]]:
     """``name`` or ``name:key=value,key=value`` (values parsed as JSON where they parse)."""
     name, _, rest = text.partition(":")
-    options: dict[str, Any] = {}
-    for part in filter(None, rest.split(",")):
-        key, eq, value = part.partition("=")
-        if not eq:
-            raise click.BadParameter(
-                f"{text!r}: option {part!r} needs key=value", param_hint="--algorithm"
-            )
-        try:
-            options[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.strip()] = value
-    return name.strip(), options
+    return name.strip(), _options((rest,), "--algorithm")
 
 
 def _registry(strict: bool = True):

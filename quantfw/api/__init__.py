@@ -42,8 +42,6 @@ from .protocols import (
     Converter,
     Frontend,
     SupportsQAT,
-    capabilities_of,
-    has_capability,
 )
 from .result import QuantizationResult
 
@@ -83,8 +81,6 @@ __all__ = [
     "StageEvent",
     "StagePhase",
     "SupportsQAT",
-    "capabilities_of",
-    "has_capability",
     "hookimpl",
     "hookspec",
     "install_hint_for",

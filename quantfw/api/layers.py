@@ -108,27 +108,23 @@ class LayerProblem:
 
     def set_weight(self, value: np.ndarray) -> None:
         """Use ``value`` as this layer's weight in the quantized model (``recipe.weights``)."""
-        value = np.asarray(value, dtype=self.weight.dtype)
-        if value.shape != self.weight.shape:
-            raise ValueError(
-                f"layer {self.node.name!r}: new weight has shape {value.shape}, the layer's is "
-                f"{self.weight.shape}"
-            )
-        self._host().set_quantized_weight(self.weight_name, value)
-        self.weight = value
+        self.weight = self._replace("weight", self.weight_name, self.weight, value)
 
     def set_bias(self, value: np.ndarray) -> None:
         """Use ``value`` as this layer's bias in the quantized model (bias correction)."""
         if self.bias_name is None or self.bias is None:
             raise ValueError(f"layer {self.node.name!r} has no bias to set")
-        value = np.asarray(value, dtype=self.bias.dtype)
-        if value.shape != self.bias.shape:
+        self.bias = self._replace("bias", self.bias_name, self.bias, value)
+
+    def _replace(self, role: str, name: str, current: np.ndarray, value: np.ndarray) -> np.ndarray:
+        value = np.asarray(value, dtype=current.dtype)
+        if value.shape != current.shape:
             raise ValueError(
-                f"layer {self.node.name!r}: new bias has shape {value.shape}, the layer's is "
-                f"{self.bias.shape}"
+                f"layer {self.node.name!r}: new {role} has shape {value.shape}, the layer's is "
+                f"{current.shape}"
             )
-        self._host().set_quantized_weight(self.bias_name, value)
-        self.bias = value
+        self._host().set_quantized_weight(name, value)
+        return value
 
     def _edge(self, x: np.ndarray) -> np.ndarray:
         if self.equalization is not None and x.dtype.kind == "f":

@@ -5,7 +5,7 @@ Required protocols: :class:`Frontend`, :class:`Backend`, :class:`Converter` (wit
 :class:`~quantfw.api.engines.Engine`).  A frontend may also implement any of the capability
 protocols :class:`BindsInputs`, :class:`AdaptsCalibration`, :class:`SupportsQAT` and
 :class:`~quantfw.api.blocks.ProvidesBlocks`; the pipeline
-uses a capability exactly when :func:`has_capability` says the object has it, and
+uses a capability exactly when the object is an instance of its (runtime-checkable) protocol, and
 :func:`quantfw.plugins.check_plugin` (``deep=True``) checks the methods' signatures against these
 declarations.  The docstrings here are the contract.
 """
@@ -35,8 +35,6 @@ __all__ = [
     "AdaptsCalibration",
     "SupportsQAT",
     "CAPABILITIES",
-    "has_capability",
-    "capabilities_of",
 ]
 
 
@@ -182,16 +180,3 @@ CAPABILITIES: dict[str, type] = {
     "qat": SupportsQAT,
     "blocks": ProvidesBlocks,
 }
-
-
-def has_capability(obj: object, capability: type) -> bool:
-    """Whether ``obj`` implements the capability protocol ``capability`` (one of
-    :data:`CAPABILITIES`' values)."""
-    if capability not in CAPABILITIES.values():
-        raise ValueError(f"{capability!r} is not a quantfw capability protocol")
-    return isinstance(obj, capability)
-
-
-def capabilities_of(obj: object) -> list[str]:
-    """The names of the capabilities ``obj`` implements."""
-    return [name for name, proto in CAPABILITIES.items() if isinstance(obj, proto)]

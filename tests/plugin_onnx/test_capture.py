@@ -74,7 +74,7 @@ def test_cnn_capture(cnn_model):
     ]  # fmt: skip
     assert graph.inputs == ["input"] and graph.outputs == ["logits"]
     assert graph.input_shapes == {"input": (None, 3, 16, 16)}
-    assert isinstance(graph.source, onnx.ModelProto)
+    assert isinstance(graph.forms["onnx"], onnx.ModelProto)
     assert isinstance(graph.initializers, InitializerStore)
 
     conv1 = graph.node("conv1")
@@ -91,7 +91,7 @@ def test_cnn_capture(cnn_model):
     # unnamed ONNX nodes get <OpType>_<index> names, written into the prepared model too
     relus = graph.nodes_of(["relu"])
     assert [n.name for n in relus] == ["Relu_2", "Relu_6"]
-    source_names = {n.name for n in graph.source.graph.node}
+    source_names = {n.name for n in graph.forms["onnx"].graph.node}
     for node in graph.nodes:
         assert set(node.attrs["onnx_nodes"]) <= source_names
 
@@ -430,7 +430,7 @@ def test_parameter_inputs_become_attributes(kit):
     assert graph.node("resize").inputs == ["c"]
     # preparing changed nothing ONNX Runtime computes
     feeds = {"x": rng.standard_normal((2, 3, 4)).astype(np.float32)}
-    want, got = kit.ort_run(model, feeds), kit.ort_run(graph.source, feeds)
+    want, got = kit.ort_run(model, feeds), kit.ort_run(graph.forms["onnx"], feeds)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
 
@@ -460,7 +460,7 @@ def test_initializer_store_is_lazy_and_read_only(cnn_model):
     assert store.shape("conv1.weight") == w.shape
     with pytest.raises(TypeError):
         store["conv1.weight"] = np.zeros_like(w)  # rewrites live in the context and recipe
-    proto = next(t for t in graph.source.graph.initializer if t.name == "conv1.weight")
+    proto = next(t for t in graph.forms["onnx"].graph.initializer if t.name == "conv1.weight")
     np.testing.assert_array_equal(onnx.numpy_helper.to_array(proto), w)
 
 

@@ -57,9 +57,9 @@ def test_load_prepares_in_place_and_capture_takes_a_path(fe, kit, tmp_path):
     assert is_prepared(model)
     assert "BatchNormalization" not in [n.op_type for n in model.graph.node]
     graph = fe.capture(path)
-    assert graph.name == "cnn" and graph.source is not None
+    assert graph.name == "cnn" and graph.forms["onnx"] is not None
     graph2 = fe.capture(model)
-    assert graph2.source is model  # already prepared: no copy
+    assert graph2.forms["onnx"] is model  # already prepared: no copy
 
 
 def test_capture_leaves_the_callers_model_alone(fe, kit):
@@ -88,8 +88,8 @@ def test_collect_gives_what_onnxruntime_gives(fe, kit):
     graph = fe.capture(kit.build_cnn())
     names = ["input", "r1", "res", "c3", "cat", "logits"]
     batches = [kit.cnn_batch(n, seed=s) for s, n in enumerate((2, 3, 1))]
-    reference = kit.with_outputs(graph.source, names)
-    results = list(fe.collect(graph.source, graph, names, batches))
+    reference = kit.with_outputs(graph.forms["onnx"], names)
+    results = list(fe.collect(graph.forms["onnx"], graph, names, batches))
     assert len(results) == 3
     for batch, got in zip(batches, results, strict=True):
         assert list(got) == names
@@ -135,7 +135,7 @@ def test_collect_uses_rewritten_weights(fe, kit):
         after["c3"], np.broadcast_to(bias.reshape(1, -1, 1, 1), (2, 4, 8, 8))
     )
     # the model itself still has the original weight
-    proto = next(t for t in graph.source.graph.initializer if t.name == "conv3.weight")
+    proto = next(t for t in graph.forms["onnx"].graph.initializer if t.name == "conv3.weight")
     assert np.abs(numpy_helper.to_array(proto)).max() > 0
 
 

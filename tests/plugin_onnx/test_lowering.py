@@ -83,7 +83,6 @@ def make_mlp(seed: int = 0, hidden: int = 32, ffn: int = 64, opset: int = 13):
         outputs=["y"],
         initializers={i.name: nh.to_array(i) for i in model.graph.initializer},
         name="mlp",
-        source=model,
         forms={"onnx": model},
     )
     return model, qg
@@ -172,7 +171,7 @@ def make_cnn(seed: int = 0):
         outputs=["logits"],
         initializers={i.name: nh.to_array(i) for i in model.graph.initializer},
         name="cnn",
-        source=model,
+        forms={"onnx": model},
     )
     return model, qg
 
@@ -896,7 +895,7 @@ def test_embedding_tables_are_weight_only_per_row(embedder):
 
 def test_embedding_gather_lowering_matches_reference(embedder, tmp_path):
     _, res = embedder
-    qm = write_qdq(res.graph.source, res.graph, res.recipe)
+    qm = write_qdq(res.graph.forms["onnx"], res.graph, res.recipe)
     onnx.checker.check_model(qm, full_check=True)
     nodes = list(qm.graph.node)
     # no DequantizeLinear of a whole table: each lookup gathers int8 codes and per-row scales
@@ -960,7 +959,7 @@ def test_embedding_lowering_is_bit_exact(embedder, spec, ops):
     """Every spec: the looked-up rows are exactly numerics.dequantize of the stored codes."""
     _, res = embedder
     recipe = _table_recipe(res.graph, spec)
-    qm = write_qdq(res.graph.source, res.graph, recipe)
+    qm = write_qdq(res.graph.forms["onnx"], res.graph, recipe)
     onnx.checker.check_model(qm, full_check=True)
     t = recipe.tensors["word.weight"]
     codes = quantize(res.graph.initializers["word.weight"], t.params, t.spec)
@@ -1012,7 +1011,7 @@ def test_tied_table_keeps_its_dequantize_for_other_readers():
         ["ids", "x"],
         ["rows", "proj"],
         {"table": table},
-        source=model,
+        forms={"onnx": model},
     )
     spec = QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=0)
     recipe = Recipe("test")

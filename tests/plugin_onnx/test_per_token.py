@@ -399,7 +399,7 @@ def test_unsupported_per_token_specs_are_refused():
         recipe = Recipe("x86-vnni")
         recipe.add(TensorRecipe("x", "activation", spec))
         with pytest.raises(LoweringError, match=match):
-            write_qdq(graph.source, graph, recipe)
+            write_qdq(graph.forms["onnx"], graph, recipe)
 
 
 @pytest.mark.parametrize("opset", [13, 17, 18])
@@ -417,8 +417,8 @@ def test_artifact_passes_the_full_checker(tmp_path, opset):
 def test_qoperator_form_leaves_per_token_as_written(tmp_path):
     result, _ = quantize_to(build_mlp(), tmp_path, PER_TOKEN)
     graph, recipe = result.graph, result.recipe
-    qdq = write_qdq(graph.source, graph, recipe)
-    qop = write_qdq(graph.source, graph, recipe, fmt="qoperator")
+    qdq = write_qdq(graph.forms["onnx"], graph, recipe)
+    qop = write_qdq(graph.forms["onnx"], graph, recipe, fmt="qoperator")
     onnx.checker.check_model(qop, full_check=True)
     feeds = {"x": hard_rows((2, 3, H), seed=1)}
     np.testing.assert_array_equal(

@@ -328,8 +328,8 @@ def test_frontend_models(kit, which, expected, left):
     )
     result = quantfw.quantize(build(), [batch(4, seed=s) for s in range(3)], target="x86-vnni")
     graph, recipe = result.graph, result.recipe
-    qdq = write_qdq(graph.source, graph, recipe)
-    qop = write_qdq(graph.source, graph, recipe, fmt="qoperator")
+    qdq = write_qdq(graph.forms["onnx"], graph, recipe)
+    qop = write_qdq(graph.forms["onnx"], graph, recipe, fmt="qoperator")
     onnx.checker.check_model(qop, full_check=True)
     same_interface(qdq, qop)
     kept = {

@@ -6,19 +6,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the torch plugin's tests need torch")
 
-from torch import nn  # noqa: E402
+
+from torch_test_models import mlp_rows, small_mlp  # noqa: E402
 
 import quantfw  # noqa: E402
 from quantfw import AlgorithmInfo, Stage  # noqa: E402
-
-
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.Tanh(), nn.Linear(8, 4))
-
-
-def data(seed: int = 1, n: int = 64) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(n, 16)).astype(np.float32)
 
 
 def run_with_blocks(quantfw_registry_with, fn):
@@ -36,7 +28,9 @@ def run_with_blocks(quantfw_registry_with, fn):
             register(AlgorithmInfo("probe", Stage.ROUND, Probe))
 
     quantfw_registry_with(Plugin(), onnx_plugin, torch_plugin)
-    return quantfw.quantize(mlp(), data(), target="x86-vnni", algorithms=["none", "probe"])
+    return quantfw.quantize(
+        small_mlp(), mlp_rows(n=64), target="x86-vnni", algorithms=["none", "probe"]
+    )
 
 
 def _between(ctx, first, last):

@@ -9,27 +9,18 @@ torch = pytest.importorskip("torch", reason="the torch plugin's tests need torch
 
 import quantfw_onnx.plugin as onnx_plugin  # noqa: E402
 import quantfw_torch.plugin as torch_plugin  # noqa: E402
-from torch import nn  # noqa: E402
+from torch_test_models import mlp_rows, small_mlp  # noqa: E402
 
 import quantfw  # noqa: E402
 from quantfw.graph_frontend import GraphFrontend  # noqa: E402
 
 
-def mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.Tanh(), nn.Linear(8, 4))
-
-
-def data(seed: int = 1, n: int = 96) -> np.ndarray:
-    return np.random.default_rng(seed).normal(size=(n, 16)).astype(np.float32)
-
-
 def test_quantized_collect_equals_the_core_reference():
-    res = quantfw.quantize(mlp(), data(), target="generic", batch_size=32)
+    res = quantfw.quantize(small_mlp(), mlp_rows(), target="generic", batch_size=32)
     fe = res.frontend
     names = [n.inputs[0] for n in res.graph.nodes if n.op.value == "linear"]
     names.append(res.graph.outputs[0])
-    batches = [{res.graph.inputs[0]: data(seed=7, n=20)}]
+    batches = [{res.graph.inputs[0]: mlp_rows(seed=7, n=20)}]
     (got,) = fe.collect(res.model, res.graph, names, batches, recipe=res.recipe)
     (want,) = GraphFrontend().collect(None, res.graph, names, batches, recipe=res.recipe)
     for name in names:
@@ -38,11 +29,11 @@ def test_quantized_collect_equals_the_core_reference():
 
 
 def test_float_collect_takes_rewritten_weights():
-    res = quantfw.quantize(mlp(), data(), target="generic", batch_size=32)
+    res = quantfw.quantize(small_mlp(), mlp_rows(), target="generic", batch_size=32)
     first = next(n for n in res.graph.nodes if n.op.value == "linear")
     w, b = first.weights["weight"], first.weights["bias"]
     zero = {w: np.zeros_like(res.graph.initializers[w])}
-    batches = [{res.graph.inputs[0]: data(seed=7, n=5)}]
+    batches = [{res.graph.inputs[0]: mlp_rows(seed=7, n=5)}]
     (out,) = res.frontend.collect(res.model, res.graph, first.outputs, batches, weights=zero)
     want = np.broadcast_to(res.graph.initializers[b], (5, 32))
     np.testing.assert_allclose(out[first.outputs[0]], want, rtol=1e-6)
@@ -50,10 +41,10 @@ def test_float_collect_takes_rewritten_weights():
 
 def test_ls_nudge_on_torch_and_on_its_onnx_translation_agree(example_plugin, quantfw_registry_with):
     quantfw_registry_with(example_plugin, onnx_plugin, torch_plugin)
-    a = quantfw.quantize(mlp(), data(), target="x86-vnni", algorithms=["ls-nudge"])
+    a = quantfw.quantize(small_mlp(), mlp_rows(), target="x86-vnni", algorithms=["ls-nudge"])
     assert len(a.recipe.provenance["ls-nudge"]["layers"]) == 3
     onnx_model = a.graph.forms["onnx"]  # the prepared translation: the same tensor names
-    b = quantfw.quantize(onnx_model, data(), target="x86-vnni", algorithms=["ls-nudge"])
+    b = quantfw.quantize(onnx_model, mlp_rows(), target="x86-vnni", algorithms=["ls-nudge"])
     assert b.recipe.provenance["ls-nudge"]["layers"] == a.recipe.provenance["ls-nudge"]["layers"]
     nudged = [w for w in a.recipe.weights if w in a.recipe.tensors]
     assert len(nudged) == 3
@@ -66,7 +57,7 @@ def test_torch_engine_runs_layer_outputs_like_the_interpreter():
 
     from quantfw.interpreter import layer_output
 
-    res = quantfw.quantize(mlp(), data(), target="generic", batch_size=32)
+    res = quantfw.quantize(small_mlp(), mlp_rows(), target="generic", batch_size=32)
     eng = TorchEngine()
     rng = np.random.default_rng(3)
     for node in (n for n in res.graph.nodes if n.op.value == "linear"):
@@ -89,8 +80,8 @@ def test_ls_nudge_on_the_gpu_gives_the_cpu_weights(example_plugin, quantfw_regis
     quantfw_registry_with(example_plugin, onnx_plugin, torch_plugin)
     runs = [
         quantfw.quantize(
-            mlp(),
-            data(),
+            small_mlp(),
+            mlp_rows(),
             target="x86-vnni",
             algorithms=["ls-nudge"],
             options={"engine": "torch", "device": device},

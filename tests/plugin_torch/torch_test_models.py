@@ -51,3 +51,14 @@ def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask[..., None].astype(np.float32)
     e = (hidden * m).sum(1) / np.maximum(m.sum(1), 1e-9)
     return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def small_mlp() -> nn.Sequential:
+    """Linear-ReLU-Linear-Tanh-Linear, 16 -> 4, fixed seed: the layer-wise and block tests' model."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.Tanh(), nn.Linear(8, 4))
+
+
+def mlp_rows(seed: int = 1, n: int = 96) -> np.ndarray:
+    """``n`` standard-normal rows of 16 features for :func:`small_mlp`."""
+    return np.random.default_rng(seed).normal(size=(n, 16)).astype(np.float32)

@@ -7,7 +7,7 @@ ONNX node to one op kind of quantfw's closed vocabulary.  Conventions backends r
 * ``node.name`` is an ONNX node name (``prepare`` names every node, uniquely) and
   ``node.source_op`` its ``op_type``;
 * ``node.attrs["onnx_nodes"]`` lists, in graph order, the names of *all* ONNX nodes of
-  ``graph.source`` that the QuantGraph node stands for.  It has one entry except for merged
+  ``graph.forms["onnx"]`` that the QuantGraph node stands for.  It has one entry except for merged
   patterns, whose ``node.name`` is the first of them:
 
   - ``MatMul`` with a constant 2-D weight followed by ``Add`` of a constant 1-D bias (the MatMul
@@ -19,7 +19,7 @@ ONNX node to one op kind of quantfw's closed vocabulary.  Conventions backends r
   Tensors inside a merged pattern (the MatMul output before the bias, …) are not QuantGraph
   tensors; they still exist in the ONNX model;
 * ``attrs["folded"]`` names the BatchNormalization nodes ``prepare`` folded into a Conv;
-* ``graph.source`` and ``graph.forms["onnx"]`` are the prepared ``ModelProto``; treat it as
+* ``graph.forms["onnx"]`` is the prepared ``ModelProto``; treat it as
   read-only (copy before rewriting): the QuantGraph's initializers read their values from it.
 
 Constant operands of element-wise ops stay in ``node.inputs`` as initializer names; constant

@@ -73,7 +73,6 @@ def _graph(v: GraphView, name: str) -> QuantGraph:
         initializers=v.store,  # type: ignore[arg-type]
         name=name,
         input_shapes=input_shapes,
-        source=v.model,
         forms={"onnx": v.model},
     )
 

@@ -5,7 +5,7 @@
 says how weights are kept once).  :func:`prepare` rewrites the model the way quantization wants
 it -- shape inference, constant folding, Conv+BatchNorm folding, unique node names -- in ONNX
 itself, so that calibration, simulation and every backend see one and the same prepared model (it
-is what ``QuantGraph.source`` holds).  The checker and shape inference run on weightless shells
+is what ``QuantGraph.forms["onnx"]`` holds).  The checker and shape inference run on weightless shells
 (:mod:`.shell`).
 """
 
