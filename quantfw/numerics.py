@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from . import pairs
 from .formats import FloatFormat, IntFormat
 from .spec import Granularity, QuantParams, QuantSpec
 
@@ -70,6 +71,8 @@ def _describe(spec: QuantSpec) -> str:
         parts.append("narrow_range")
     if spec.dynamic:
         parts.append("dynamic")
+    if spec.pair_limit is not None:
+        parts.append(f"pair_limit={spec.pair_limit}")
     return "QuantSpec(" + ", ".join(parts) + ")"
 
 
@@ -301,8 +304,14 @@ def compute_qparams(min_val: Any, max_val: Any, spec: QuantSpec) -> QuantParams:
 
 
 def params_from_tensor(x: Any, spec: QuantSpec) -> QuantParams:
-    """Min/max calibration: ``compute_qparams(*reduce_range(x, spec), spec)``."""
-    return compute_qparams(*reduce_range(x, spec), spec)
+    """Min/max calibration: ``compute_qparams(*reduce_range(x, spec), spec)``.
+
+    With a ``pair_limit`` (:mod:`quantfw.pairs`) each channel's scale is then chosen between that
+    and the pair-safe scale, for the least squared error of the limited codes."""
+    params = compute_qparams(*reduce_range(x, spec), spec)
+    if pairs.applies(spec):
+        return pairs.pair_limited_params(_as_array(x), spec, params)
+    return params
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,6 +342,8 @@ def quantize(x: Any, params: QuantParams, spec: QuantSpec) -> np.ndarray:
     # Round in float32 (as the runtimes do); add the zero point and saturate in float64 so that
     # the int32 grid's bounds are exact.  For <= 8-bit grids this equals the float32 result.
     r = np.clip(np.rint(y).astype(np.float64) + zp, spec.qmin, spec.qmax)
+    if pairs.applies(spec) and r.ndim >= 2:
+        r = pairs.limit_pairs(r.astype(np.int64), y.astype(np.float64) + zp, spec)
     return np.asarray(r).astype(fmt.storage)
 
 

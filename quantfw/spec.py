@@ -11,6 +11,8 @@ Conventions shared by every module, plugin and artifact:
   ``-1``); params have the tensor's shape with ``axis`` kept as size 1.
 * Integer formats: ``real = (q - zero_point) * scale``; float formats (fp8): ``real = q * scale``
   with zero point 0.
+* ``pair_limit`` (weights of integer kernels that add adjacent products in 16 bits): no two
+  codes the kernel pairs may sum beyond it in magnitude; see :mod:`quantfw.pairs`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ _SPEC_FIELDS = (
     "axis",
     "group_size",
     "dynamic",
+    "pair_limit",
 )
 
 
@@ -64,6 +67,12 @@ class QuantSpec:
     :param axis: channel / group / token axis (required for per-channel and per-group).
     :param group_size: elements per group (per-group only).
     :param dynamic: parameters are computed from each input at run time, not calibrated.
+    :param pair_limit: for weights read by an integer kernel that adds the products of adjacent
+        reduction elements in a saturating 16-bit lane (x86 AVX2 ``VPMADDUBSW`` with uint8
+        activations): every such pair of signed codes sums to at most this in magnitude, so
+        the kernel cannot saturate (128 for uint8 activations).  :func:`quantfw.numerics.quantize`
+        enforces it (:mod:`quantfw.pairs`) on signed integer grids of at most 8 bits; other
+        formats (uint8 weights run on a kernel that widens first) ignore it.  ``None``: none.
     """
 
     dtype: str = "int8"
@@ -73,6 +82,7 @@ class QuantSpec:
     axis: int | None = None
     group_size: int | None = None
     dynamic: bool = False
+    pair_limit: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -108,6 +118,12 @@ class QuantSpec:
                 raise SpecError(f"narrow_range applies to integer formats, not {self.dtype}")
         if self.dtype == "ternary" and not self.symmetric:
             raise SpecError("ternary {-1, 0, 1} is symmetric by definition")
+        if self.pair_limit is not None and (
+            isinstance(self.pair_limit, bool)
+            or not isinstance(self.pair_limit, int)
+            or self.pair_limit < 1
+        ):
+            raise SpecError(f"pair_limit must be a positive integer, got {self.pair_limit!r}")
 
     # -- derived -------------------------------------------------------------------------------
     @property
@@ -150,6 +166,8 @@ class QuantSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["granularity"] = self.granularity.value
+        if d["pair_limit"] is None:  # the common case: keep recipes as they were
+            del d["pair_limit"]
         return d
 
     @classmethod

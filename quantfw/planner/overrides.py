@@ -16,7 +16,16 @@ class PlanError(ValueError):
     """Overrides that are malformed or that the target does not allow."""
 
 
-_SPEC_KEYS = ("dtype", "symmetric", "narrow_range", "granularity", "axis", "group_size", "bits")
+_SPEC_KEYS = (
+    "dtype",
+    "symmetric",
+    "narrow_range",
+    "granularity",
+    "axis",
+    "group_size",
+    "bits",
+    "pair_limit",
+)
 _LAYER_KEYS = ("weight", "activation", "bits")
 
 
@@ -45,8 +54,10 @@ def _check_spec_changes(value: Any, where: str) -> dict[str, Any]:
     for k in ("symmetric", "narrow_range"):
         if k in out and not isinstance(out[k], bool):
             raise PlanError(f"{where}.{k}: {out[k]!r} is not a boolean; allowed: true, false")
-    for k in ("bits", "group_size", "axis"):
+    for k in ("bits", "group_size", "axis", "pair_limit"):
         v = out.get(k)
+        if k == "pair_limit" and v is None:
+            continue  # removes the target's limit
         if k in out and (isinstance(v, bool) or not isinstance(v, int)):
             raise PlanError(f"{where}.{k}: {v!r} is not an integer")
     return out

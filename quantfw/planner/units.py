@@ -87,6 +87,8 @@ def plan_unit(st: PlanState, members: list[Node], dynamic: bool) -> str:
 def plan_weight_only(st: PlanState, node: Node) -> str:
     """A node of an ``ops.weight_only`` kind: its weight alone is quantized."""
     spec = st.specs.resolve(node, "weight")
+    if spec.pair_limit is not None:  # no integer kernel reads it: nothing to saturate
+        spec = spec.replace(pair_limit=None)
     st.claim_parameter(node.weights["weight"], node.name, spec, "weight")
     what = "table" if node.op is OpKind.EMBEDDING else "weight"
     return f"weight-only: {node.op.value} {what} {spec.dtype} {_granularity_words(st, node, spec)}"

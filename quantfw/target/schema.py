@@ -44,7 +44,14 @@ TOP_KEYS = (
 )
 REQUIRED_TOP_KEYS = ("name", "artifact", "weight", "activation", "ops")
 REQUIRES_KEYS = ("cpu_flags", "cpu_flags_any", "modules", "gpu")
-TEMPLATE_KEYS = ("dtype", "symmetric", "narrow_range", "granularity", "group_size")
+TEMPLATE_KEYS = (
+    "dtype",
+    "symmetric",
+    "narrow_range",
+    "granularity",
+    "group_size",
+    "pair_limit",
+)
 BIAS_KEYS = ("mode",)
 DYNAMIC_KEYS = ("supported", "default", "granularity", "ops", "activation")
 DYNAMIC_ACTIVATION_KEYS = ("dtype", "symmetric", "narrow_range")

@@ -33,6 +33,7 @@ class SpecTemplate:
     narrow_range: bool = False
     granularity: str = "per_tensor"
     group_size: int | None = None
+    pair_limit: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -43,6 +44,8 @@ class SpecTemplate:
         }
         if self.group_size is not None:
             d["group_size"] = self.group_size
+        if self.pair_limit is not None:
+            d["pair_limit"] = self.pair_limit
         return d
 
     def spec(self, axis: int | None = None, dynamic: bool = False) -> QuantSpec:

@@ -147,6 +147,8 @@ class TargetParser(TomlReader):
             )
         if "group_size" in tbl:
             out["group_size"] = self.positive_int(tbl["group_size"], f"{key}.group_size")
+        if "pair_limit" in tbl:
+            out["pair_limit"] = self.positive_int(tbl["pair_limit"], f"{key}.pair_limit")
         return out
 
     def check_spec(self, d: Mapping[str, Any], key: str, dynamic: bool = False) -> None:

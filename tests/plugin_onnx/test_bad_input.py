@@ -90,12 +90,15 @@ def test_output_never_overwrites_the_input(tmp_path, kit):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_avx2_target_refuses_8bit_weight_override(kit):
+def test_avx2_target_refuses_a_weight_format_it_cannot_run(kit):
     from quantfw.planner import PlanError
 
-    with pytest.raises(PlanError, match=r"dtype 'int8'.*x86-avx2.*allowed: int7"):
+    with pytest.raises(PlanError, match=r"dtype 'fp8_e4m3fn'.*x86-avx2.*allowed: .*int8"):
         quantfw.quantize(
-            kit.build_cnn(), _calib(kit), target="x86-avx2", overrides={"weight": {"dtype": "int8"}}
+            kit.build_cnn(),
+            _calib(kit),
+            target="x86-avx2",
+            overrides={"weight": {"dtype": "fp8_e4m3fn"}},
         )
 
 

@@ -735,7 +735,7 @@ def test_registered_backend_lowers_through_the_pipeline(tmp_path):
     )
     art = res.artifact
     assert art is not None and art.path.exists() and art.target == "x86-avx2"
-    assert art.metadata["max_weight_code"] <= 63 and not art.metadata["needs_vnni"]
+    assert art.metadata["max_pair_sum"] <= 128 and not art.metadata["needs_vnni"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,10 +21,16 @@ SPECS = [
     QuantSpec("uint4", symmetric=False, granularity="per_channel", axis=0),
     QuantSpec("fp8_e4m3fn"),
     QuantSpec("fp8_e5m2", granularity="per_channel", axis=0),
+    # the AVX2 target's int8 weights: adjacent codes limited (quantfw.pairs), per layout
+    QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=0, pair_limit=128),
+    QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=1, pair_limit=128),
+    QuantSpec("int8", narrow_range=True, pair_limit=128),
 ]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.dtype}-{s.granularity.value}")
+@pytest.mark.parametrize(
+    "spec", SPECS, ids=lambda s: f"{s.dtype}-{s.granularity.value}-{s.axis}-{s.pair_limit}"
+)
 def test_matches_core_bit_for_bit(spec):
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((6, 5, 4)) * rng.uniform(0.1, 4, size=(6, 5, 1))).astype(np.float32)
@@ -33,6 +39,9 @@ def test_matches_core_bit_for_bit(spec):
     want = fake_quantize(x, params, spec)
     got = FakeQuantize(spec, params)(torch.from_numpy(x)).numpy()
     np.testing.assert_array_equal(got, want)
+    if spec.pair_limit:  # the case is one where the limit moves codes
+        plain = fake_quantize(x, params, spec.replace(pair_limit=None))
+        assert not np.array_equal(plain, want)
 
 
 def test_round_half_to_even_like_the_runtimes():

@@ -9,10 +9,17 @@ Without VNNI, ONNX Runtime's MLAS computes a u8 x s8 dot product with two instru
    int32 results are accumulated (exact as long as int32 does not overflow).
 
 So every pair ``a[k] * b[k] + a[k+1] * b[k+1]`` must fit int16.  With u8 codes up to 255 and full
-int8 weights (127, or -128) it does not: 255*127*2 = 64770.  With 7-bit weights (|b| <= 63, the
-``int7`` narrow grid; ONNX Runtime's ``reduce_range``) the worst pair is 255*63*2 = 32130, which
-fits.  VNNI's ``VPDPBUSD`` accumulates the four products of a group straight into int32 and never
-saturates.
+int8 weights (127, or -128) it does not: 255*127*2 = 64770.  It does when the two paired weight
+codes sum to at most :data:`PAIR_LIMIT` (128) in magnitude -- what the ``x86-avx2`` target's
+``pair_limit`` guarantees (:mod:`quantfw.pairs`) -- and so with 7-bit weights (|b| <= 63, ONNX
+Runtime's ``reduce_range``).  VNNI's ``VPDPBUSD`` accumulates the four products of a group
+straight into int32 and never saturates.
+
+Which k's are paired was measured on ONNX Runtime 1.32 running its AVX2 kernels
+(``quantfw_onnx.cpu_mask``): consecutive ``(2j, 2j+1)`` of the reduction as the GEMM reads it --
+a ``MatMul`` weight's rows, a convolution's channels-last ``im2col`` order (kernel position
+outer, input channel inner); depthwise convolutions and u8 x u8 products widen first and are
+exact.  :func:`max_kernel_pair_sum` finds the largest pair of an ONNX model's weights.
 
 The kernel multiplies the *raw* codes (zero points are corrected afterwards with row and column
 sums), which is what :func:`u8s8_matmul_avx2` takes.  Which two k's MLAS pairs depends on its
@@ -22,11 +29,15 @@ packing; any pairing of consecutive k is modelled here, and the saturation-free 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = [
     "INT16_MIN",
     "INT16_MAX",
+    "PAIR_LIMIT",
+    "max_kernel_pair_sum",
     "u8s8_matmul_avx2",
     "u8s8_matmul_exact",
     "max_safe_weight_code",
@@ -35,6 +46,18 @@ __all__ = [
 
 INT16_MIN = -(1 << 15)
 INT16_MAX = (1 << 15) - 1
+#: the largest ``|b[2j] + b[2j+1]|`` that cannot saturate with u8 activations: 32767 // 255
+PAIR_LIMIT = INT16_MAX // 255
+
+# integer-kernel ops -> (weight input index, layout of that weight for quantfw.pairs)
+_KERNEL_WEIGHTS = {
+    "MatMulInteger": (1, "cols"),
+    "DynamicQuantizeMatMul": (1, "cols"),
+    "MatMulIntegerToFloat": (1, "cols"),
+    "QLinearMatMul": (3, "cols"),
+    "ConvInteger": (1, "conv"),
+    "QLinearConv": (3, "conv"),
+}
 
 
 def _check(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,3 +117,63 @@ def saturation_free(weight_codes: np.ndarray, act_max: int = 255) -> bool:
     hi = 2 * act_max * max(int(w.max()), 0)
     lo = 2 * act_max * min(int(w.min()), 0)
     return hi <= INT16_MAX and lo >= INT16_MIN
+
+
+def _dq_layout(node: Any) -> str | None:
+    """The layout in which a float op that a fused integer kernel replaces reads its weight."""
+    if node.op_type == "MatMul":
+        return "cols"
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return "rows" if trans_b else "cols"
+    if node.op_type == "Conv":
+        return "conv"
+    return None
+
+
+def _depthwise(node: Any, codes: np.ndarray) -> bool:
+    """A grouped convolution with one input channel per group: ONNX Runtime's depthwise kernel
+    widens to 16 bits first and cannot saturate (a plain convolution over one input channel,
+    group 1, runs on the pairing GEMM)."""
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return group > 1 and codes.ndim >= 3 and codes.shape[1] == 1
+
+
+def max_kernel_pair_sum(model: Any) -> int:
+    """The largest ``|b[2j] + b[2j+1]|`` over the int8 weights an x86 integer kernel of ONNX
+    Runtime would read in ``model`` (an ``onnx.ModelProto``): initializers of integer ops, and
+    ``DequantizeLinear`` weights read by ``MatMul``/``Gemm``/``Conv`` (which ONNX Runtime fuses
+    into integer kernels).  Depthwise convolutions (exact kernel) and weights stored outside the
+    model file are skipped.  Above :data:`PAIR_LIMIT` the model saturates on AVX2 without VNNI."""
+    from onnx import TensorProto, numpy_helper
+
+    from quantfw.pairs import max_pair_sum
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i, x in enumerate(n.input):
+            readers.setdefault(x, []).append((n, i))
+    worst = 0
+
+    def visit(name: str, layout: str, reader: Any) -> None:
+        nonlocal worst
+        t = inits.get(name)
+        if t is None or t.data_type != TensorProto.INT8 or t.data_location == TensorProto.EXTERNAL:
+            return
+        codes = numpy_helper.to_array(t)
+        if codes.size and not (layout == "conv" and _depthwise(reader, codes)):
+            worst = max(worst, max_pair_sum(codes, layout))
+
+    for n in g.node:
+        if n.op_type in _KERNEL_WEIGHTS:
+            k, layout = _KERNEL_WEIGHTS[n.op_type]
+            if k < len(n.input):
+                visit(n.input[k], layout, n)
+        elif n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            for reader, idx in readers.get(n.output[0], []):
+                layout = _dq_layout(reader)
+                if idx == 1 and layout is not None:
+                    visit(n.input[0], layout, reader)
+    return worst

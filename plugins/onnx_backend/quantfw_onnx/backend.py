@@ -29,7 +29,7 @@ from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 from quantfw.target import TargetSpec
 
-from .avx2 import max_safe_weight_code
+from .avx2 import PAIR_LIMIT, max_kernel_pair_sum
 from .cpu import cpu_vnni
 from .opset import default_opset
 
@@ -112,7 +112,8 @@ def artifact_stats(model: Any) -> dict[str, Any]:
         "matmul_integer": ops.get("MatMulInteger", 0),
         "int8_weight_tensors": int8_weights,
         "max_weight_code": max_code,
-        "needs_vnni": max_code > max_safe_weight_code(255),
+        "max_pair_sum": (pair := max_kernel_pair_sum(model)),
+        "needs_vnni": pair > PAIR_LIMIT,
     }
 
 
@@ -273,11 +274,11 @@ class OnnxRuntimeBackend:
             ok, found = cpu_vnni()
             if not ok:
                 raise UnavailableError(
-                    f"{artifact.path} has 8-bit weights (codes up to "
-                    f"{artifact.metadata.get('max_weight_code')}) and this CPU has {found}: ONNX "
-                    "Runtime's AVX2 u8 x s8 kernel would saturate in int16 and return wrong "
-                    "numbers. Lower for target 'x86-avx2' (7-bit weights), or pass "
-                    "check_cpu=False to run anyway"
+                    f"{artifact.path} has int8 weights whose adjacent codes sum up to "
+                    f"{artifact.metadata.get('max_pair_sum')} (over {PAIR_LIMIT}) and this CPU has "
+                    f"{found}: ONNX Runtime's AVX2 u8 x s8 kernel would saturate in int16 and "
+                    "return wrong numbers. Lower for target 'x86-avx2' (its int8 weights keep "
+                    "every pair within the limit), or pass check_cpu=False to run anyway"
                 )
         path = Path(artifact.path)
         st = path.stat()

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantfw import pairs
 from quantfw.numerics import compute_qparams, param_shape, reduce_range
 from quantfw.recipe import Recipe, TensorRecipe
 from quantfw.spec import Granularity, QuantParams, QuantSpec
@@ -77,6 +78,14 @@ def fake_quantize(
         q = y + (y.to(dtype).to(torch.float32) - y).detach()
         return q * scale
     q = torch.clamp(_round_ste(y) + zero_point, float(spec.qmin), float(spec.qmax))
+    if pairs.applies(spec) and x.dim() >= 2:
+        # the core's pair limit (the AVX2 target's int8 weights), on the very same codes and
+        # rounding residuals, so the simulation is the artifact; the gradient passes straight
+        with torch.no_grad():
+            scaled = (y.detach().to(torch.float64) + zero_point.to(torch.float64)).cpu().numpy()
+            codes = q.detach().to(torch.int64).cpu().numpy()
+            limited = torch.from_numpy(pairs.limit_pairs(codes, scaled, spec)).to(q)
+        q = q + (limited - q).detach()
     return (q - zero_point) * scale
 
 

@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from quantfw import pairs
+
 from ..opset import DEFAULT_DOMAINS
 from .builder import Builder
 from .graph_edit import gemm_trans_b
@@ -64,7 +66,8 @@ class TokenMatMul:
     weight_name: str
     codes: np.ndarray  # [K, N] int64, B as the MatMul reads it
     bound: int  # largest magnitude of a zero-point row's entries
-    extra: int  # zero-point rows it needs: ceil(max |column sum| / bound)
+    extra: int  # zero-point rows it needs: ceil(max |column sum| / bound) (+1, see lead_zero)
+    lead_zero: bool = False  # the first zero-point row is all zeros (pairs with B's last row)
 
 
 def per_token_nodes(b: Builder, name: str, src: str, d: TokenActivation) -> list[onnx.NodeProto]:
@@ -160,10 +163,18 @@ def plan_token_matmul(
         return None  # the zero-point rows need signed codes and no zero point of their own
     codes = (w.codes.T if trans_b else w.codes).astype(np.int64)
     colsum = int(np.abs(codes.sum(axis=0)).max(initial=0))
-    # the weight's own grid (127 for int8, 63 for the AVX2 target's int7), at least 63:
-    # u8 x s8 pairs then fit VPMADDUBSW's int16 (255 * 63 * 2 < 32768) on any x86
-    bound = max(int(w.recipe.spec.qmax), 63)
-    return TokenMatMul(w, n.input[1], codes, bound, -(-colsum // bound))
+    # the weight's own grid (127 for int8, 63 for int7), at least 63: u8 x s8 pairs of these rows
+    # then fit VPMADDUBSW's int16 (255 * 63 * 2 < 32768) on any x86.  Under a pair limit
+    # (quantfw.pairs: the AVX2 target's int8) two adjacent rows may not sum beyond it: half the
+    # limit each, and with an odd K a zero row first, since B's last row pairs with it
+    spec = w.recipe.spec
+    bound = max(int(spec.qmax), 63)
+    lead_zero = False
+    if pairs.applies(spec):
+        bound = min(bound, int(spec.pair_limit) // 2)  # type: ignore[arg-type]
+        lead_zero = codes.shape[0] % 2 == 1
+    need = -(-colsum // bound) + int(lead_zero)
+    return TokenMatMul(w, n.input[1], codes, bound, need, lead_zero)
 
 
 def rewrite_token_matmul(
@@ -196,8 +207,8 @@ def rewrite_token_matmul(
     if key not in b.consts:
         colsum = plan.codes.sum(axis=0)
         rows, left = [], -colsum
-        for _ in range(d.extra):  # greedy: each row takes what it can of what is left
-            row = np.clip(left, -plan.bound, plan.bound)
+        for i in range(d.extra):  # greedy: each row takes what it can of what is left
+            row = np.clip(left, -plan.bound, plan.bound) * (0 if i == 0 and plan.lead_zero else 1)
             rows.append(row)
             left = left - row
         assert not np.any(left), "zero-point rows too few for the column sums"

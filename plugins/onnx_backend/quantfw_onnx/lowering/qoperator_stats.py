@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ..avx2 import max_safe_weight_code
+from ..avx2 import PAIR_LIMIT, max_kernel_pair_sum
 from ..opset import DEFAULT_DOMAINS
 
 __all__ = ["qoperator_census", "qoperator_stats"]
@@ -77,7 +77,8 @@ def qoperator_stats(model: onnx.ModelProto) -> dict[str, Any]:
     return {
         "int8_weight_tensors": len(seen),
         "max_weight_code": max_code,
-        "needs_vnni": max_code > max_safe_weight_code(255),
+        "max_pair_sum": (pair := max_kernel_pair_sum(model)),
+        "needs_vnni": pair > PAIR_LIMIT,
         "qlinear_conv": census["QLinearConv"],
         "qlinear_matmul": census["QLinearMatMul"],
         "conv_integer": census["ConvInteger"],
