@@ -21,6 +21,10 @@ vectorised.
 ``alpha="auto"`` (the default) picks the strength per activation by the error of its consumers'
 quantized outputs, "no smoothing" included: on all-MiniLM-L6-v2 a fixed 0.5 made the embedding
 cosine worse (0.988) than no smoothing (0.993), while the per-layer search reached 0.998.
+
+Dynamic activations are smoothed too when calibration data is given (the ``Mul`` then sits in
+front of the run-time quantizer): all-MiniLM-L6-v2 with per-tensor dynamic activations went
+from cosine 0.9929 to 0.9952 at the same speed; without calibration data nothing is smoothed.
 """
 
 from __future__ import annotations
@@ -84,7 +88,9 @@ class SmoothQuant:
         chosen: dict[str, list] = {}
         quantized_nodes = set(plan.quantized_nodes())
         for tp in plan.activations():
-            if tp.all_readers or tp.spec.dynamic or tp.spec.is_float or not tp.consumers:
+            if tp.all_readers or tp.spec.is_float or not tp.consumers:
+                continue
+            if tp.spec.dynamic and ctx.calibration is None:
                 continue
             if tp.producer is not None and tp.producer in quantized_nodes:
                 # written by an integer kernel (a conv/gemm chain, a shared-scale op): a multiply

@@ -1059,6 +1059,39 @@ def test_smoothquant_lowering_matches_reference(mlp):
             np.testing.assert_array_equal(codes, quantize(recipe.weights[wname], t.params, t.spec))
 
 
+@pytest.mark.parametrize("granularity", ["per_tensor", "per_token"])
+def test_smoothquant_in_front_of_dynamic_quantization(mlp, granularity):
+    """With calibration data, dynamic activations are smoothed too: the Mul sits in front of the
+    run-time quantizer (DynamicQuantizeLinear, or the per-token ops), the unoptimized artifact
+    equals the core reference, and smoothing beats none on outlier channels."""
+    model, qg, _, feeds = mlp
+    rng = np.random.default_rng(11)
+    calib = {
+        "x": feeds["x"]
+        * np.where(rng.random(feeds["x"].shape[-1]) < 0.1, 30.0, 1.0).astype(np.float32)
+    }
+    overrides = {"dynamic": True, "activation": {"granularity": granularity}}
+    smooth = recipe_for(
+        qg, calib, overrides=overrides, algorithms=[("smoothquant", {"alpha": 0.8})]
+    )
+    assert smooth.equalizations and all(
+        smooth.tensors[n].spec.dynamic for n in smooth.equalizations
+    )
+    qm = write_qdq(model, qg, smooth)
+    ref = reference(qg, smooth, calib)["y"]
+    y = session(qm, optimized=False).run(None, calib)[0]
+    np.testing.assert_allclose(y, ref, atol=1e-5 * np.abs(ref).max())
+    # no calibration data: nothing to smooth with, the plain dynamic recipe
+    plain = quantize_model(qg, None, target="x86-vnni", frontend="graph", overrides=overrides)
+    assert not plain.recipe.equalizations
+    float_y = reference(qg, Recipe(target="x86-vnni"), calib)["y"]
+
+    def err(r):
+        return float(np.abs(reference(qg, r, calib)["y"] - float_y).mean())
+
+    assert err(smooth) < err(plain.recipe)
+
+
 def test_artifact_carries_no_inferred_intermediate_shapes(mlp):
     """The frontend's inferred shapes stay out of the artifact (they switched on a slow ORT fusion)."""
     model, qg, recipe, _ = mlp

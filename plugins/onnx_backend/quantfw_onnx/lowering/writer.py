@@ -131,11 +131,13 @@ class Writer:
         # nodes wait in `after` until assembly, so renaming readers never touches them)
         after: dict[str, list[onnx.NodeProto]] = {}
         for name, eq in recipe.equalizations.items():
-            if name in dynamic or name in tokens:
+            if (name in dynamic or name in tokens) and name in source:
                 raise LoweringError(
-                    f"activation {name!r}: an equalisation in front of dynamic quantization has "
-                    "no ONNX lowering; equalise statically quantized or float activations"
+                    f"activation {name!r}: an equalised graph output cannot be dynamically "
+                    "quantized; keep it float or quantize it statically"
                 )
+            if name in dynamic or name in tokens:
+                continue  # the Mul goes in front of the run-time quantization, below
             if name not in static:  # a float activation rescaled on some edges (AWQ-style)
                 node = equalize_node(self.builder, name, name, eq)
                 after.setdefault(name, []).append(node)
@@ -150,7 +152,8 @@ class Writer:
         for name, d in dynamic.items():
             only = self.readers_of(recipe.tensors[name].consumers)
             src = source.get(name, name)
-            nodes = [dynamic_quantize(self.builder, name, src, d)]
+            nodes, qsrc = self.equalized_source(name, src)
+            nodes.append(dynamic_quantize(self.builder, name, qsrc, d))
             if name in source or self.read_in_float(g, name, only, rewrites):
                 out = name if name in source else self.builder.fresh(f"{name}_dequantized")
                 nodes.append(dequantize_dynamic(self.builder, name, d, out))
@@ -165,7 +168,9 @@ class Writer:
                 if name not in source:
                     rename_reads(g, name, tok.fake, only)
             if tok.int_readers or tok.fake is not None:  # else nothing reads it quantized
-                after.setdefault(src, []).extend(per_token_nodes(self.builder, name, src, tok))
+                nodes, qsrc = self.equalized_source(name, src)
+                nodes.extend(per_token_nodes(self.builder, name, qsrc, tok))
+                after.setdefault(src, []).extend(nodes)
 
         self.assemble(g, top, after, rewrites)
         g.initializer.extend(self.builder.inits)
@@ -180,6 +185,16 @@ class Writer:
         return m
 
     # -- steps of run ----------------------------------------------------------------------------
+    def equalized_source(self, name: str, src: str) -> tuple[list[onnx.NodeProto], str]:
+        """What a run-time quantization of ``name`` reads: ``src`` itself, or -- when the recipe
+        equalises it (SmoothQuant with dynamic activations) -- ``src`` times ``1 / scale`` in a
+        float ``Mul``, which only the quantized (equalised) readers see."""
+        eq = self.recipe.equalizations.get(name)
+        if eq is None:
+            return [], src
+        node = equalize_node(self.builder, name, src, eq)
+        return [node], node.output[0]
+
     def check_types(self, m: onnx.ModelProto) -> None:
         """Refuse quantized tensors that are not float32 in the model."""
         types = elem_types(m)
