@@ -1,6 +1,14 @@
 """quantfw against its x86 peers, measured side by side in one run.
 
     python benchmarks/x86_peers.py [--quick] [--models cnn,minilm] [--out results.json]
+                                   [--cpu native|avx2] [--seq 128] [--n-calib 256] [--n-eval 1000]
+
+``--cpu avx2`` runs the whole benchmark (quantfw's target detection, every ONNX Runtime session)
+in a child process that sees an AVX2-only CPU (``quantfw_onnx.cpu_mask``: CPUID faulting hides
+AVX-512, VNNI and AMX), so ONNX Runtime runs its real saturating AVX2 kernels and ``x86`` resolves
+to ``x86-avx2`` on a VNNI machine; the header says which CPU path was measured.  The weight-format
+rows (int7, uint8 U8U8, int4 W4A8) and the dynamic rows (no calibration; with calibration, which
+turns on SmoothQuant; per-token) show each choice side by side.
 
 Rows: the float model; ONNX Runtime ``quantize_static`` (QDQ, per-channel int8 weights, uint8
 activations, MinMax, the same calibration batches as every other static row); ONNX Runtime
@@ -131,7 +139,8 @@ sys.path.insert(0, str(HERE))
 OUT_DIR = HERE / "out"
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
 PAUSE_S = 0.1
-SEQ_LEN = 64
+SEQ_LEN = 128  # the issue's protocol: sentences padded to 128 tokens (--seq)
+N_CALIB, N_EVAL = 256, 1000  # real sentences for calibration / evaluation (--n-calib/--n-eval)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,8 +411,18 @@ def ours_rows(
             {"algorithms": [calibrators[0]], "backend_options": {"fmt": "qoperator"}},
         )
     )
+    first = {"algorithms": [calibrators[0]]}
+    for label, weight in (
+        ("int7 weights", {"dtype": "int7"}),
+        ("uint8 weights (U8U8)", {"dtype": "uint8"}),
+        ("W4A8 int4 per-channel", {"dtype": "int4"}),
+    ):
+        runs.append((f"quantfw static {label}", calib, {**first, "overrides": {"weight": weight}}))
     if dynamic:
         runs.append(("quantfw dynamic", None, {"overrides": {"dynamic": True}}))
+        runs.append(("quantfw dynamic +calib", calib, {"overrides": {"dynamic": True}}))
+        token = {"dynamic": True, "activation": {"granularity": "per_token"}}
+        runs.append(("quantfw dynamic per-token +calib", calib, {"overrides": token}))
     for label, data, kwargs in runs:
         out = workdir / (label.replace(" ", "_") + ".onnx")
         t0 = time.perf_counter()
@@ -477,12 +496,12 @@ def minilm_bench(workdir: Path, quick: bool, threads: int) -> Bench:
     with quiet():
         path = export_minilm(OUT_DIR)
         tok = load_tokenizer()
-    n_cal, n_eval = (32, 128) if quick else (128, 512)
+    n_cal, n_eval = (32, 128) if quick else (N_CALIB, N_EVAL)
     cal = docstring_sentences(n_cal, seed=0, offset=0)
     ev = docstring_sentences(n_eval, seed=0, offset=n_cal)
-    # calibration: batches of 16 sentences, each padded to its longest sentence (as a data loader
-    # would); the very same list goes to ORT, NNCF and quantfw.
-    batches = [tokenize(tok, cal[i : i + 16]) for i in range(0, n_cal, 16)]
+    # calibration: batches of 16 sentences padded to SEQ_LEN tokens (the issue's protocol); the
+    # very same list goes to ORT, NNCF and quantfw.
+    batches = [tokenize(tok, cal[i : i + 16], pad_to=SEQ_LEN) for i in range(0, n_cal, 16)]
 
     def evaluate(sess) -> dict[str, float]:
         return {"_emb": embed(sess, tok, ev, batch=32)}
@@ -572,7 +591,7 @@ def run_model(
         log(f"[{bench.name}] quantizing: quantfw")
         try:
             for label, path, seconds, note in ours_rows(
-                bench.float_path, bench.ours_calib, workdir
+                bench.float_path, bench.ours_calib, workdir, calibrators=CALIBRATORS
             ):
                 if path is None:
                     rows.append(Row(label, None, seconds, error=note.removeprefix("error: ")))
@@ -728,7 +747,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="ORT intra-op threads for every session")
     ap.add_argument("--no-ours", action="store_true", help="measure the peers only")
     ap.add_argument("--inspect", action="store_true", help="print the per-row graph census")
+    ap.add_argument(
+        "--cpu",
+        choices=("native", "avx2"),
+        default="native",
+        help="avx2: run everything as an AVX2-only CPU (quantfw_onnx.cpu_mask)",
+    )
+    ap.add_argument(
+        "--calibrators",
+        default=",".join(CALIBRATORS),
+        help="quantfw static rows, one per calibrator (the first also gets the weight-format rows)",
+    )
+    ap.add_argument("--seq", type=int, default=SEQ_LEN, help="MiniLM tokens per sentence")
+    ap.add_argument("--n-calib", type=int, default=N_CALIB, help="MiniLM calibration sentences")
+    ap.add_argument("--n-eval", type=int, default=N_EVAL, help="MiniLM evaluation sentences")
     args = ap.parse_args(argv)
+    globals().update(
+        SEQ_LEN=args.seq,
+        N_CALIB=args.n_calib,
+        N_EVAL=args.n_eval,
+        CALIBRATORS=tuple(c.strip() for c in args.calibrators.split(",") if c.strip()),
+    )
+    native_flags = cpu_flags()
+    if args.cpu == "avx2" and os.environ.get("QUANTFW_CPU_MASK") != "avx2":
+        import subprocess
+
+        from quantfw_onnx.cpu_mask import availability, avx2_environment
+
+        ok, why = availability()
+        if not ok:
+            ap.error(f"--cpu avx2 is not available here: {why}")
+        env = avx2_environment()
+        env["QUANTFW_BENCH_NATIVE_FLAGS"] = " ".join(native_flags)
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            *(sys.argv[1:] if argv is None else argv),
+        ]
+        return subprocess.run(cmd, env=env).returncode
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = set(models) - {"cnn", "minilm"}
     if unknown:
@@ -748,6 +804,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             versions[mod] = None
     flags = cpu_flags()
     vnni = any(f in flags for f in ("avx512_vnni", "avx_vnni"))
+    from quantfw_onnx.cpu import detect_x86
+
+    masked = os.environ.get("QUANTFW_CPU_MASK") == "avx2"
+    cpu_path = (
+        "AVX2 without VNNI, emulated: CPUID masked on a CPU with "
+        + os.environ.get("QUANTFW_BENCH_NATIVE_FLAGS", "?")
+        if masked
+        else f"native ({'VNNI' if vnni else 'AVX2 without VNNI' if 'avx2' in flags else 'no AVX2'})"
+    )
     meta = {
         "versions": versions,
         "cpu_flags": flags,
@@ -756,6 +821,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "quick": args.quick,
         "pause_s": PAUSE_S,
         "seq_len_timing": SEQ_LEN,
+        "n_calib": N_CALIB,
+        "n_eval": N_EVAL,
+        "cpu_path": cpu_path,
+        "x86_resolves_to": detect_x86().target,
         "reduce_range": False,
         "reduce_range_note": (
             "VNNI present: 8-bit weights are safe, reduce_range=False"
@@ -767,6 +836,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, flags {flags}; "
         f"ORT {ort.__version__}, intra-op threads {args.threads}; {meta['reduce_range_note']}"
     )
+    print(f"CPU path measured: {cpu_path}; quantfw target 'x86' -> {detect_x86().target}")
 
     report: dict[str, Any] = {"meta": meta, "models": {}}
     t_all = time.perf_counter()

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from . import pairs
+
 __all__ = ["Summary"]
 
 
@@ -72,6 +74,11 @@ class Summary:
             if t.params is not None:
                 row["scale_min"] = float(np.min(t.params.scale))
                 row["scale_max"] = float(np.max(t.params.scale))
+            if t.role == "weight" and t.params is not None and pairs.applies(t.spec):
+                row["pair_limit"] = t.spec.pair_limit
+                w = recipe.weights.get(name, graph.initializers.get(name))
+                if w is not None:
+                    row["scale_vs_plain"] = _scale_vs_plain(np.asarray(w), t)
             rows.append(row)
         return cls(
             target=target.name,
@@ -109,6 +116,7 @@ class Summary:
         for row in self.tensors:
             roles[row["role"]] = roles.get(row["role"], 0) + 1
         lines.append("quantized tensors: " + ", ".join(f"{n} {r}" for r, n in roles.items()))
+        lines.extend(self._weight_format_lines())
         for row in self.tensors[:max_tensors]:
             scale = (
                 f"scale {row['scale_min']:.3g}..{row['scale_max']:.3g}"
@@ -125,3 +133,35 @@ class Summary:
 
     def __str__(self) -> str:
         return self.to_text()
+
+    def _weight_format_lines(self) -> list[str]:
+        """One line per weight format, with the reason for a pair limit and what it cost."""
+        groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+        for row in self.tensors:
+            if row["role"] == "weight":
+                key = (row["dtype"], row["granularity"], row.get("pair_limit"))
+                groups.setdefault(key, []).append(row)
+        lines = []
+        for (dtype, gran, limit), rows in groups.items():
+            text = f"weights: {len(rows)} x {dtype} {gran.replace('_', '-')}"
+            if limit is not None:
+                ratios = [r["scale_vs_plain"] for r in rows if "scale_vs_plain" in r]
+                text += (
+                    f", pair limit {limit} (the target's integer kernel adds two adjacent "
+                    f"products in a saturating int16: x86 AVX2 without VNNI)"
+                )
+                if ratios:
+                    text += (
+                        f"; scales {float(np.median(ratios)):.2f}x the plain grid's "
+                        f"(median over layers; 7-bit weights would be 2x)"
+                    )
+            lines.append(text)
+        return lines
+
+
+def _scale_vs_plain(w: np.ndarray, t: Any) -> float:
+    """Median ratio of a pair-limited weight's scales to the plain min/max scales."""
+    from .numerics import params_from_tensor
+
+    plain = params_from_tensor(w, t.spec.replace(pair_limit=None))
+    return float(np.median(np.asarray(t.params.scale) / np.asarray(plain.scale)))
