@@ -224,8 +224,21 @@ def pair_limited_params(x: np.ndarray, spec: QuantSpec, plain: QuantParams) -> Q
         )
     lo = plain.scale.astype(np.float64)
     hi = np.maximum(lo, need)
-    if np.all(hi <= lo):
+    search = hi > lo
+    if not search.any():
         return plain
+    if (
+        per_channel
+        and len(hows) == 1
+        and ((hows[0] == "cols" and axis == 1) or (hows[0] in ("rows", "conv") and axis == 0))
+    ):
+        # only the channels that have a pair to give up: each one's row of the [C, K] view,
+        # projected there directly (what limit_pairs does to them, without the transposes)
+        view = _to_view(x32, hows[0])[search]
+        best = _search_rows(view, lo[search], hi[search], spec)
+        out = lo.astype(np.float32)
+        out[search] = best
+        return QuantParams(out, np.zeros(out.shape, np.int32))
     best_err = None
     best_scale = lo.astype(np.float32)
     shape = [1] * x.ndim
@@ -246,3 +259,21 @@ def pair_limited_params(x: np.ndarray, spec: QuantSpec, plain: QuantParams) -> Q
         best_err = np.where(better, err, best_err)
         best_scale = np.where(better, scale, best_scale)
     return QuantParams(best_scale.astype(np.float32), np.zeros(best_scale.shape, np.int32))
+
+
+def _search_rows(view: np.ndarray, lo: np.ndarray, hi: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """Per row of ``view`` ([C, K], float32), the candidate scale in ``[lo, hi]`` with the least
+    squared error of its pair-limited codes."""
+    limit = int(spec.pair_limit)  # type: ignore[arg-type]
+    best_err = np.full(view.shape[0], np.inf)
+    best = lo.astype(np.float32)
+    for t in np.linspace(0.0, 1.0, _CANDIDATES):
+        scale = (lo + t * (hi - lo)).astype(np.float32)
+        y = view / scale[:, None]
+        q = np.clip(np.rint(y), spec.qmin, spec.qmax).astype(np.int64)
+        q = _project(q, y.astype(np.float64) - q, limit)
+        err = ((q.astype(np.float32) * scale[:, None] - view).astype(np.float64) ** 2).sum(axis=1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best = np.where(better, scale, best)
+    return best
