@@ -188,9 +188,9 @@ def rewrite_token_matmul(
     ONNX Runtime's ``MatMulInteger`` takes one ``a_zero_point`` for all of A, so the row's
     zero point enters the sum as data: A is ``[q, zp, ..., zp]`` (``d.extra`` zero-point
     columns, see :func:`per_token_nodes`) and B is ``W`` stacked on ``extra`` int8 rows whose
-    column sums are ``-colsum(W)``, each entry within ``max(weight qmax, 63)`` (int8 storage;
-    and on the AVX2 target, whose int7 weights keep VPMADDUBSW's int16 pair sums from
-    saturating, the rows do too).  The int32 accumulator is then exactly ``sum_k (q - zp) W``
+    column sums are ``-colsum(W)``, each entry within ``max(weight qmax, 63)`` (int8 storage),
+    or within half the pair limit of the AVX2 target's weights, after a zero row when K is odd
+    (so VPMADDUBSW's int16 pair sums cannot saturate on the added rows either).  The int32 accumulator is then exactly ``sum_k (q - zp) W``
     -- no ``[rows, N]`` correction term (an int32 ``Sub`` of ``zp x colsum`` on a MiniLM
     ``[2048, 1536]`` output took 4 ms, more than the integer MatMul it served); the extra rows
     add ``extra / K`` of the multiply-adds (all-MiniLM-L6-v2: 8-59 rows on K = 384 or 1536).
