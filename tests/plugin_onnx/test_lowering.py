@@ -497,12 +497,31 @@ def _weight_only(model, qg, spec: QuantSpec, name: str = "fc1.weight") -> Recipe
     [
         (QuantSpec("int7", narrow_range=True, granularity="per_channel", axis=1), T.INT8, 13),
         (QuantSpec("uint8", symmetric=True, granularity="per_channel", axis=1), T.UINT8, 13),
-        (QuantSpec("int4", narrow_range=True, granularity="per_channel", axis=1), T.INT4, 21),
-        (QuantSpec("uint4", symmetric=False), T.UINT4, 21),
+        # constant codes narrower than 8 bits: 8-bit storage, which the integer kernels read...
+        (QuantSpec("int4", narrow_range=True, granularity="per_channel", axis=1), T.INT8, 13),
+        (QuantSpec("int2", granularity="per_channel", axis=1), T.INT8, 13),
+        (QuantSpec("uint4", symmetric=False), T.UINT8, 13),
+        # ... except per-group ones (no integer kernel reads a blocked DQ): packed when they fit
         (QuantSpec("int4", granularity="per_group", axis=0, group_size=8), T.INT4, 21),
+        (QuantSpec("int3", granularity="per_group", axis=0, group_size=16), T.INT4, 21),
+        (
+            QuantSpec("uint4", symmetric=False, granularity="per_group", axis=0, group_size=16),
+            T.UINT4,
+            21,
+        ),
         (QuantSpec("int8", granularity="per_group", axis=0, group_size=16), T.INT8, 21),
     ],
-    ids=["int7", "uint8-sym", "int4-channel", "uint4-tensor", "int4-group8", "int8-group16"],
+    ids=[
+        "int7",
+        "uint8-sym",
+        "int4-channel",
+        "int2-channel",
+        "uint4-tensor",
+        "int4-group8",
+        "int3-group16",
+        "uint4-group16",
+        "int8-group16",
+    ],
 )
 def test_weight_storage(spec, onnx_type, opset):
     model, qg = make_mlp()
@@ -950,10 +969,21 @@ def _table_recipe(graph: QuantGraph, spec: QuantSpec, name: str = "word.weight")
             QuantSpec("uint8", symmetric=False, granularity="per_channel", axis=1),
             {"DequantizeLinear"},
         ),
-        # no int4 Gather: the table's DequantizeLinear stays, the lookup reads its output
-        (QuantSpec("int4", granularity="per_channel", axis=0), {"DequantizeLinear"}),
+        # 4-bit rows are stored as int8 codes: the same gathered lookup
+        (QuantSpec("int4", granularity="per_channel", axis=0), {"Mul"}),
+        # per-group (blocked) tables are not gathered: the DequantizeLinear stays, the lookup
+        # reads its output
+        (QuantSpec("int4", granularity="per_group", axis=1, group_size=2), {"DequantizeLinear"}),
     ],
-    ids=["int7-row", "uint8-sym-row", "int8-asym-row", "int8-tensor", "uint8-column", "int4-row"],
+    ids=[
+        "int7-row",
+        "uint8-sym-row",
+        "int8-asym-row",
+        "int8-tensor",
+        "uint8-column",
+        "int4-row",
+        "int4-group",
+    ],
 )
 def test_embedding_lowering_is_bit_exact(embedder, spec, ops):
     """Every spec: the looked-up rows are exactly numerics.dequantize of the stored codes."""
@@ -964,7 +994,7 @@ def test_embedding_lowering_is_bit_exact(embedder, spec, ops):
     t = recipe.tensors["word.weight"]
     codes = quantize(res.graph.initializers["word.weight"], t.params, t.spec)
     gather = next(n for n in qm.graph.node if n.name == "word/Gather")
-    if spec.dtype == "int4":
+    if spec.granularity.value == "per_group":
         assert gather.input[0] == "word.weight"  # fed by DequantizeLinear(whole table)
     else:
         assert np.array_equal(initializer(qm, gather.input[0]).astype(np.int64), codes)

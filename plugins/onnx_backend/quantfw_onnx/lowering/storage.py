@@ -1,9 +1,14 @@
 """How a quantization format's codes are stored in ONNX, and the Q/DQ attributes of a spec.
 
-int8/uint8 are INT8/UINT8; int7, int3, int2 and ternary are INT8 too (their codes fit, and ONNX
-has no sub-byte type for them); int4/uint4 are INT4/UINT4 (opset 21); fp8 is FLOAT8E4M3FN/E5M2
-(opset 19); per-group parameters are a blocked DequantizeLinear (``block_size``, opset 21).
-fp16/bf16 are casts, not quantization, and are refused.
+Constant per-tensor and per-channel integer codes (weights) of at most 8 bits are stored as INT8
+(signed: int8, int7, int4, int3, int2, ternary) or UINT8 (unsigned): ONNX Runtime's integer kernels (QLinearConv,
+QLinearMatMul, MatMulInteger) read only 8-bit codes, so a 4-bit grid stored as INT8 runs on them
+exactly (the narrower range is the recipe's, the kernel just sees small codes).  Per-group
+parameters are a blocked DequantizeLinear (``block_size``, opset 21), which no integer kernel
+reads; there codes that fit 4 bits are packed as INT4/UINT4 (ONNX Runtime fuses ``DQ -> MatMul``
+into ``MatMulNBits``).  Activations are stored in their grid's own type (int4: INT4, opset 21),
+as ``QuantizeLinear`` saturates to the type's range.  fp8 is FLOAT8E4M3FN/E5M2 (opset 19).  fp16/bf16 are casts, not
+quantization, and are refused.
 """
 
 from __future__ import annotations
@@ -51,9 +56,13 @@ class Storage:
     full_grid: bool
 
 
-def storage_of(spec: QuantSpec) -> Storage:
+def storage_of(spec: QuantSpec, constant: bool = False) -> Storage:
     """The ONNX storage of codes in ``spec``'s format.
 
+    :param constant: ``True`` for codes written once into the file (weights, biases): a
+        per-tensor or per-channel grid of at most 8 bits is then stored in 8 bits, so ONNX
+        Runtime's integer kernels read it.  Activations are quantized by ``QuantizeLinear`` at
+        run time and need their grid's own type (int4 activations: INT4).
     :raises LoweringError: for formats ONNX's DequantizeLinear cannot take (fp16, bf16).
     """
     import ml_dtypes
@@ -75,20 +84,21 @@ def storage_of(spec: QuantSpec) -> Storage:
     full = (spec.qmin, spec.qmax) == (fmt.qmin, fmt.qmax)
     if fmt.name == "int32":
         return Storage(TensorProto.INT32, np.int32, MIN_OPSET, full)
-    if fmt.name == "int4":
-        return Storage(TensorProto.INT4, ml_dtypes.int4, 21, full)
-    if fmt.name == "uint4":
-        return Storage(TensorProto.UINT4, ml_dtypes.uint4, 21, full)
-    if fmt.signed:  # int8, and int7/int3/int2/ternary whose codes fit int8
+    packed = spec.granularity is Granularity.PER_GROUP or not constant
+    if packed and fmt.bits <= 4:
+        if fmt.signed:  # int4, and int3/int2/ternary whose codes fit int4
+            return Storage(TensorProto.INT4, ml_dtypes.int4, 21, full and fmt.bits == 4)
+        return Storage(TensorProto.UINT4, ml_dtypes.uint4, 21, full and fmt.bits == 4)
+    if fmt.signed:  # int8, and int7..int2/ternary whose codes fit int8
         return Storage(TensorProto.INT8, np.int8, MIN_OPSET, full and fmt.bits == 8)
-    if fmt.bits == 8:
-        return Storage(TensorProto.UINT8, np.uint8, MIN_OPSET, full)
+    if fmt.bits <= 8:  # uint8, and narrower unsigned grids whose codes fit uint8
+        return Storage(TensorProto.UINT8, np.uint8, MIN_OPSET, full and fmt.bits == 8)
     raise LoweringError(f"no ONNX storage for unsigned {fmt.bits}-bit format {fmt.name!r}")
 
 
 def required_opset(t: TensorRecipe) -> int:
     """The lowest default-domain opset whose Q/DQ can carry ``t`` (type and granularity)."""
-    need = storage_of(t.spec).opset
+    need = storage_of(t.spec, constant=t.role != "activation").opset
     if t.spec.granularity is Granularity.PER_GROUP:
         need = max(need, 21)  # blocked DequantizeLinear (block_size)
     return need

@@ -192,7 +192,7 @@ def lower_constant(
         )
     if np.asarray(base).dtype.kind != "f":
         raise LoweringError(f"{t.role} {name!r} is not a float tensor ({base.dtype})")
-    storage = storage_of(t.spec)
+    storage = storage_of(t.spec, constant=True)
     try:
         codes = quantize(np.asarray(base, dtype=_F32), t.params, t.spec)
     except ValueError as exc:

@@ -1,0 +1,130 @@
+"""Weights below 8 bits deployed to ONNX Runtime on x86: int4/int3/int2 per-channel codes stored
+as int8 (so the integer kernels run them), per layer or for the whole model, on the target this
+CPU resolves ``x86`` to (x86-vnni or x86-avx2), the artifact equal to the simulation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+import onnx  # noqa: E402
+from onnx import TensorProto, numpy_helper  # noqa: E402
+from quantfw_onnx.avx2 import PAIR_LIMIT, max_kernel_pair_sum  # noqa: E402
+from quantfw_onnx.samples import digits_cnn  # noqa: E402
+
+import quantfw  # noqa: E402
+from quantfw.numerics import quantize  # noqa: E402
+
+BITS = (4, 3, 2)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return digits_cnn(0)
+
+
+@pytest.fixture(scope="module")
+def low_bit(digits, tmp_path_factory):
+    """``bits -> (result, loaded artifact)`` for the digits CNN quantized for ``x86``."""
+    model, data = digits
+    out = {}
+    for bits in BITS:
+        path = tmp_path_factory.mktemp(f"w{bits}") / "cnn.onnx"
+        res = quantfw.quantize(
+            model, data.x_calib, target="x86", output=path, overrides={"weight": {"bits": bits}}
+        )
+        out[bits] = (res, onnx.load(str(path)))
+    return out
+
+
+def _stored_weights(qm: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Constant name (the output of its DequantizeLinear) -> its stored codes."""
+    inits = {t.name: t for t in qm.graph.initializer}
+    return {
+        n.output[0]: inits[n.input[0]]
+        for n in qm.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and inits[n.input[0]].data_type != TensorProto.INT32
+    }
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_codes_are_int8_in_the_narrow_grid(low_bit, digits, bits):
+    res, qm = low_bit[bits]
+    weights = res.recipe.of_role("weight")
+    assert weights and {t.spec.dtype for t in weights.values()} == {f"int{bits}"}
+    stored = _stored_weights(qm)
+    qmax = 2 ** (bits - 1) - 1  # symmetric, narrow range
+    for name, t in weights.items():
+        codes = numpy_helper.to_array(stored[name])
+        assert stored[name].data_type == TensorProto.INT8, name
+        w = res.recipe.weights.get(name)
+        if w is None:  # not rewritten by an algorithm: the model's own
+            w = res.graph.initializers[name]
+        np.testing.assert_array_equal(codes, quantize(w, t.params, t.spec), err_msg=name)
+        assert np.abs(codes).max() <= qmax
+    assert res.artifact.metadata["max_weight_code"] == qmax
+    # no pair of codes nears a 16-bit lane's limit: one artifact for every x86 CPU
+    assert max_kernel_pair_sum(qm) <= 2 * qmax <= PAIR_LIMIT
+    assert not res.artifact.metadata["needs_vnni"]
+    assert f"weights: {len(weights)} x int{bits} per-channel" in str(res.summary)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_the_artifact_equals_the_simulation(low_bit, digits, kit, bits):
+    res, qm = low_bit[bits]
+    _, data = digits
+    x = data.x_test
+    sim = res.simulate()({"image": x})["logits"]
+    exact = kit.ort_run(qm, {"image": x}, optimize=False)["logits"]  # every Q/DQ as written
+    np.testing.assert_allclose(exact, sim, rtol=0, atol=1e-5 * float(np.ptp(sim)))
+    # the fused integer kernels (QLinearConv, MatMulIntegerToFloat...) round once more per
+    # requantized output: within a small fraction of the range, and the same decisions
+    fused = kit.ort_run(qm, {"image": x})["logits"]
+    assert np.abs(fused - sim).max() <= 1e-2 * float(np.ptp(sim))
+    agree = np.mean(fused.argmax(-1) == sim.argmax(-1))
+    assert agree >= 0.995, agree
+    ops = {n.op_type for n in onnx.shape_inference.infer_shapes(qm).graph.node}
+    assert "DequantizeLinear" in ops and "QuantizeLinear" in ops
+
+
+def test_4_bit_weights_keep_the_accuracy_and_2_bit_lose_it(low_bit, digits, kit):
+    """The grid really is narrower: 4 bits hold within 1 point of float on this easy model,
+    2 bits (codes -1, 0, 1) visibly do not."""
+    model, data = digits
+    x = data.x_test
+    floating = data.accuracy(kit.ort_run(model, {"image": x})["logits"])
+    acc = {b: data.accuracy(kit.ort_run(low_bit[b][1], {"image": x})["logits"]) for b in BITS}
+    assert acc[4] >= floating - 0.01, (acc, floating)
+    assert acc[2] < acc[4] - 0.05, acc
+
+
+def test_mixed_bits_per_layer(digits, kit, tmp_path):
+    model, data = digits
+    res = quantfw.quantize(
+        model,
+        data.x_calib,
+        target="x86",
+        output=tmp_path / "mixed.onnx",
+        overrides={"layers": {"conv2": {"bits": 4}, "fc*": {"weight": {"dtype": "int3"}}}},
+    )
+    qm = onnx.load(str(tmp_path / "mixed.onnx"))
+    by_layer = {t.node: t.spec.dtype for t in res.recipe.of_role("weight").values()}
+    assert by_layer["conv2"] == "int4"
+    fcs = {k: v for k, v in by_layer.items() if k.startswith("fc")}
+    assert fcs and set(fcs.values()) == {"int3"}
+    others = {v for k, v in by_layer.items() if k != "conv2" and not k.startswith("fc")}
+    assert others <= {"int8"}
+    stored = _stored_weights(qm)
+    for name, t in res.recipe.of_role("weight").items():
+        codes = numpy_helper.to_array(stored[name])
+        assert codes.dtype == np.int8 and np.abs(codes).max() <= t.spec.qmax, name
+    sim = res.simulate()({"image": data.x_test})["logits"]
+    art = kit.ort_run(qm, {"image": data.x_test}, optimize=False)["logits"]
+    np.testing.assert_allclose(art, sim, rtol=0, atol=1e-5 * float(np.ptp(sim)))
+    assert "weights: " in str(res.summary) and "int3 per-channel" in str(res.summary)
