@@ -47,7 +47,8 @@ def detect_x86(
         return X86Detection("x86-vnni", f"detected {', '.join(vnni)}: VNNI int8 kernels")
     if "avx2" in found:
         return X86Detection(
-            "x86-avx2", "detected avx2 without VNNI: pair-limited int8 weights avoid int16 saturation"
+            "x86-avx2",
+            "detected avx2 without VNNI: pair-limited int8 weights avoid int16 saturation",
         )
     return X86Detection(
         "x86-avx2",
