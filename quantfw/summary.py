@@ -61,6 +61,11 @@ class Summary:
         for d in plan.decisions:
             if not d.quantized:
                 reasons.setdefault(d.rule or d.reason, []).append(d.node)
+        weight_only = {n.name for n in graph.nodes if n.op in target.ops.weight_only} | {
+            t.node
+            for t in recipe.tensors.values()
+            if t.role == "weight" and target.allowed.weight_only(t.spec)
+        }
         rows = []
         for name, t in recipe.tensors.items():
             row: dict[str, Any] = {
@@ -71,6 +76,10 @@ class Summary:
                 "symmetric": t.spec.symmetric,
                 "dynamic": t.spec.dynamic,
             }
+            if t.spec.group_size is not None:
+                row["group_size"] = t.spec.group_size
+            if t.role == "weight" and t.node in weight_only:
+                row["weight_only"] = True
             if t.params is not None:
                 row["scale_min"] = float(np.min(t.params.scale))
                 row["scale_max"] = float(np.max(t.params.scale))
@@ -139,11 +148,21 @@ class Summary:
         groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
         for row in self.tensors:
             if row["role"] == "weight":
-                key = (row["dtype"], row["granularity"], row.get("pair_limit"))
+                key = (
+                    row["dtype"],
+                    row["granularity"],
+                    row.get("group_size"),
+                    row.get("weight_only", False),
+                    row.get("pair_limit"),
+                )
                 groups.setdefault(key, []).append(row)
         lines = []
-        for (dtype, gran, limit), rows in groups.items():
+        for (dtype, gran, group, alone, limit), rows in groups.items():
             text = f"weights: {len(rows)} x {dtype} {gran.replace('_', '-')}"
+            if group is not None:
+                text += f" ({group})"
+            if alone:
+                text += ", weight-only (activations float)"
             if limit is not None:
                 ratios = [r["scale_vs_plain"] for r in rows if "scale_vs_plain" in r]
                 text += (

@@ -35,8 +35,9 @@ Rules, in the order they are applied
    * its output is quantized when the target's ``ops.quantize_outputs`` is ``always`` (ONNX
      Runtime QDQ, TFLite: a quantized kernel writes a quantized tensor, so Q/DQ pairs are
      complete), or, with ``when_consumed`` (TensorRT), only when a quantized consumer reads it;
-   * a **weight-only** unit (weight dtype in the target's ``allowed.weight_only_dtypes``)
-     quantizes its weight and nothing else;
+   * a **weight-only** unit (weight dtype in the target's ``allowed.weight_only_dtypes``, or
+     granularity in ``allowed.weight_only_granularities``) quantizes its weight and nothing
+     else;
    * in **dynamic mode** activation inputs get a dynamic spec (``dynamic.granularity``), outputs
      and biases stay float, and there are no shared or fixed scales.
 

@@ -24,10 +24,12 @@ def plan_unit(st: PlanState, members: list[Node], dynamic: bool) -> str:
     for m in members:
         if "weight" in m.weights and m.op in t.ops.quantize:
             spec = st.specs.resolve(m, "weight")
+            if t.allowed.weight_only(spec) and spec.pair_limit is not None:
+                spec = spec.replace(pair_limit=None)  # no integer kernel reads it
             st.claim_parameter(m.weights["weight"], m.name, spec, "weight")
             if m is head:
                 wspec = spec
-    weight_only = wspec is not None and wspec.dtype in t.allowed.weight_only_dtypes
+    weight_only = wspec is not None and t.allowed.weight_only(wspec)
     chain = "+".join(m.op.value for m in members)
     fused = (
         f", fused with {fmt_values(m.name for m in members[1:])} ({chain})"

@@ -55,7 +55,13 @@ TEMPLATE_KEYS = (
 BIAS_KEYS = ("mode",)
 DYNAMIC_KEYS = ("supported", "default", "granularity", "ops", "activation")
 DYNAMIC_ACTIVATION_KEYS = ("dtype", "symmetric", "narrow_range")
-ALLOWED_KEYS = ("weight", "activation", "per_op", "weight_only_dtypes")
+ALLOWED_KEYS = (
+    "weight",
+    "activation",
+    "per_op",
+    "weight_only_dtypes",
+    "weight_only_granularities",
+)
 ALLOWED_SET_KEYS = ("dtypes", "granularities", "symmetric", "narrow_range", "group_sizes")
 #: An activation's allowed set has no group sizes (activations are never per-group).
 ALLOWED_ACTIVATION_SET_KEYS = ALLOWED_SET_KEYS[:-1]

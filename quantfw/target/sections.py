@@ -101,6 +101,14 @@ class Allowed:
     activation: AllowedSet = field(default_factory=AllowedSet)
     per_op: Mapping[OpKind, tuple[AllowedSet, AllowedSet]] = field(default_factory=dict)
     weight_only_dtypes: tuple[str, ...] = ()
+    weight_only_granularities: tuple[str, ...] = ()
+
+    def weight_only(self, spec: QuantSpec) -> bool:
+        """Whether a layer whose weight gets ``spec`` runs weight-only (activations float)."""
+        return (
+            spec.dtype in self.weight_only_dtypes
+            or spec.granularity.value in self.weight_only_granularities
+        )
 
     def for_op(self, op: OpKind | str) -> tuple[AllowedSet, AllowedSet]:
         """``(weight set, activation set)`` in force for op kind ``op``."""

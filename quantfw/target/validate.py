@@ -254,7 +254,19 @@ class TargetParser(TomlReader):
             )
         wod = self.array(tbl.get("weight_only_dtypes", []), "allowed.weight_only_dtypes")
         wo = tuple(self.dtype(v, f"allowed.weight_only_dtypes[{i}]") for i, v in enumerate(wod))
-        return Allowed(weight, act, per_op, wo)
+        wog = self.array(
+            tbl.get("weight_only_granularities", []), "allowed.weight_only_granularities"
+        )
+        grans = tuple(
+            self.choice(
+                v,
+                f"allowed.weight_only_granularities[{i}]",
+                [g.value for g in Granularity],
+                "a granularity",
+            )
+            for i, v in enumerate(wog)
+        )
+        return Allowed(weight, act, per_op, wo, grans)
 
     def ops(self, value: Any) -> OpRules:
         tbl = self.table(value, "ops", schema.OPS_KEYS)

@@ -128,3 +128,89 @@ def test_mixed_bits_per_layer(digits, kit, tmp_path):
     art = kit.ort_run(qm, {"image": data.x_test}, optimize=False)["logits"]
     np.testing.assert_allclose(art, sim, rtol=0, atol=1e-5 * float(np.ptp(sim)))
     assert "weights: " in str(res.summary) and "int3 per-channel" in str(res.summary)
+
+
+# ------------------------------------------------------------------------------------------------
+# per-group weights: weight-only, packed, on MatMulNBits
+# ------------------------------------------------------------------------------------------------
+
+
+def _matmul_mlp(kit) -> onnx.ModelProto:
+    """x [batch, tokens, 64] -> MatMul 64x48 + bias -> Relu -> MatMul 48x10: a transformer's
+    linears (on 2-D inputs ONNX Runtime turns MatMul + Add into a Gemm before it fuses
+    MatMulNBits: that Gemm dequantizes its weight at run time instead)."""
+    rng = np.random.default_rng(5)
+    inits = {
+        "w1": rng.standard_normal((64, 48)).astype(np.float32) * 0.2,
+        "b1": rng.standard_normal(48).astype(np.float32) * 0.1,
+        "w2": rng.standard_normal((48, 10)).astype(np.float32) * 0.2,
+    }
+    mk = onnx.helper.make_node
+    nodes = [
+        mk("MatMul", ["x", "w1"], ["h_mm"], name="fc1/MatMul"),
+        mk("Add", ["h_mm", "b1"], ["h"], name="fc1/Add"),
+        mk("Relu", ["h"], ["r"], name="relu"),
+        mk("MatMul", ["r", "w2"], ["y"], name="fc2/MatMul"),
+    ]
+    vi = onnx.helper.make_tensor_value_info
+    return kit.make_model(
+        nodes,
+        [vi("x", TensorProto.FLOAT, ["batch", "tokens", 64])],
+        [vi("y", TensorProto.FLOAT, ["batch", "tokens", 10])],
+        inits,
+    )
+
+
+@pytest.mark.parametrize("dtype", ["int4", "int3"])
+def test_per_group_weights_run_weight_only_as_packed_matmulnbits(kit, tmp_path, dtype):
+    import onnxruntime as ort
+    from quantfw_onnx.backend import MATMULNBITS_ACCURACY_LEVEL
+
+    model = _matmul_mlp(kit)
+    rng = np.random.default_rng(6)
+    calib = {"x": rng.standard_normal((8, 4, 64)).astype(np.float32)}
+    res = quantfw.quantize(
+        model,
+        calib,
+        target="x86",
+        output=tmp_path / "g.onnx",
+        overrides={"weight": {"dtype": dtype, "granularity": "per_group", "group_size": 16}},
+    )
+    tensors = res.recipe.tensors
+    assert set(res.recipe.of_role("weight")) == {"w1", "w2"}
+    assert set(tensors) == {"w1", "w2"}  # weight-only: no activation, no int32 bias
+    assert all(t.spec.pair_limit is None for t in tensors.values())
+    assert f"weights: 2 x {dtype} per-group (16), weight-only (activations float)" in str(
+        res.summary
+    )
+    qm = onnx.load(str(tmp_path / "g.onnx"))
+    stored = _stored_weights(qm)
+    for name, (k, n) in {"w1": (64, 48), "w2": (48, 10)}.items():
+        assert stored[name].data_type == TensorProto.INT4  # two codes per byte
+        assert len(stored[name].raw_data) == k * n // 2
+        codes = numpy_helper.to_array(stored[name]).astype(np.int8)
+        t = tensors[name]
+        np.testing.assert_array_equal(codes, quantize(model_weight(model, name), t.params, t.spec))
+    so = ort.SessionOptions()
+    so.add_session_config_entry(
+        "session.qdq_matmulnbits_accuracy_level", str(MATMULNBITS_ACCURACY_LEVEL)
+    )
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "g.onnx"), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 2, ops
+    x = rng.standard_normal((4, 3, 64)).astype(np.float32)
+    sim = res.simulate()({"x": x})["y"]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], sim, rtol=0, atol=1e-5 * np.ptp(sim))
+
+
+def model_weight(model: onnx.ModelProto, name: str) -> np.ndarray:
+    return next(numpy_helper.to_array(t) for t in model.graph.initializer if t.name == name)
+
+
+def test_a_group_size_matmulnbits_cannot_run_is_refused(kit):
+    model = _matmul_mlp(kit)
+    calib = {"x": np.zeros((4, 2, 64), np.float32)}
+    over = {"weight": {"dtype": "int4", "granularity": "per_group", "group_size": 8}}
+    with pytest.raises(ValueError, match=r"group_size 8 .*allowed: 16, 32, 64, 128, 256"):
+        quantfw.quantize(model, calib, target="x86", overrides=over)
