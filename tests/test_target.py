@@ -147,6 +147,7 @@ def test_restricted_target_with_per_op_allowed_and_fixed_output(tmp_path: Path) 
         mode = "float"
         [allowed]
         weight_only_dtypes = ["int4"]
+        weight_only_granularities = ["per_group"]
         [allowed.weight]
         dtypes = ["int8", "fp8"]
         symmetric = [true]
@@ -174,6 +175,10 @@ def test_restricted_target_with_per_op_allowed_and_fixed_output(tmp_path: Path) 
     assert t.ops.fixed_output[OpKind.SOFTMAX].scale == 1 / 256
     assert t.ops.fixed_output[OpKind.SOFTMAX].params().zero_point == -128
     assert t.allowed.weight_only_dtypes == ("int4",)
+    assert t.allowed.weight_only_granularities == ("per_group",)
+    assert t.allowed.weight_only(QuantSpec("int8", granularity="per_group", axis=1, group_size=64))
+    assert not t.allowed.weight_only(QuantSpec("int8", granularity="per_channel", axis=0))
+    assert t.to_dict()["allowed"]["weight_only_granularities"] == ["per_group"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,6 +254,12 @@ BAD_VALUES = [
     ),
     ("ops.per_op", {"lineer": {}}, "ops.per_op", ["'lineer'", "linear"]),
     ("dynamic.default", True, "dynamic.default", ["True", "false"]),
+    (
+        "allowed.weight_only_granularities",
+        ["per_row"],
+        "allowed.weight_only_granularities[0]",
+        ["'per_row'", "per_group"],
+    ),
 ]
 
 
