@@ -171,6 +171,9 @@ def session_options(threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    # what quantfw's backend pins (its weight-only rows fuse into MatMulNBits, whose default
+    # accuracy level 4 would quantize the activations too); no effect on the other models
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     return opts
 
 
@@ -416,6 +419,10 @@ def ours_rows(
         ("int7 weights", {"dtype": "int7"}),
         ("uint8 weights (U8U8)", {"dtype": "uint8"}),
         ("W4A8 int4 per-channel", {"dtype": "int4"}),
+        (
+            "W4 weight-only int4 g32 (MatMulNBits)",
+            {"dtype": "int4", "granularity": "per_group", "group_size": 32},
+        ),
     ):
         runs.append((f"quantfw static {label}", calib, {**first, "overrides": {"weight": weight}}))
     if dynamic:
