@@ -76,3 +76,28 @@ def test_qoperator_format_from_the_command_line(tmp_path, kit):
     assert "QLinearConv" in ops
     res = CliRunner().invoke(cli, [*args, "-B", "colour=blue"])
     assert res.exit_code == 1 and "rejected backend_options" in res.output
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_weight_bits_below_8_from_the_command_line(tmp_path, kit, bits):
+    """``--weight-bits 4`` on x86 (once refused, "allowed: int7"): int8 codes within the grid."""
+    model = tmp_path / "cnn.onnx"
+    onnx.save(kit.build_cnn(), str(model))
+    np.savez(tmp_path / "calib.npz", input=kit.cnn_batch(8)["input"])
+    out = tmp_path / "cnn.w.onnx"
+    res = CliRunner().invoke(
+        cli,
+        ["quantize", str(model), "--target", "x86", "--calib", str(tmp_path / "calib.npz"),
+         "-o", str(out), "--weight-bits", str(bits)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert f"x int{bits} per-channel" in res.output
+    qm = onnx.load(str(out))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in qm.graph.initializer}
+    weights = [
+        inits[n.input[0]]
+        for n in qm.graph.node
+        if n.op_type == "DequantizeLinear" and n.output[0].endswith(".weight")
+    ]
+    assert weights and all(w.dtype == np.int8 for w in weights)
+    assert max(int(np.abs(w).max()) for w in weights) == 2 ** (bits - 1) - 1
