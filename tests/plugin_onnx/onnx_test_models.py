@@ -3,6 +3,7 @@ already skipped themselves without onnx)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,44 @@ import onnx
 from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper as nh
+from quantfw_onnx.cpu import cpu_vnni, detect_x86
+
+from quantfw import QuantSpec
+
+
+@functools.cache
+def x86_target() -> str:
+    """The x86 target whose artifacts ONNX Runtime runs exactly on this CPU: what
+    ``target="x86"`` resolves to (:func:`quantfw_onnx.cpu.detect_x86`), ``x86-vnni`` on a CPU with
+    VNNI, else ``x86-avx2``.
+
+    An ``x86-vnni`` artifact's full int8 weights saturate in the AVX2 kernel of a CPU without
+    VNNI (``quantfw_onnx.avx2``), so a test comparing ONNX Runtime's integer kernels with the
+    reference quantizes for this target unless its point is VNNI itself.  On a VNNI CPU it is
+    ``x86-vnni``: such a test checks there what it always did.  ``quantfw_onnx.cpu_mask`` runs
+    the suite as an AVX2-only CPU (see ``test_avx2_emulation.py``)."""
+    return detect_x86().target
+
+
+def x86_weight_spec(axis: int, target: str | None = None) -> QuantSpec:
+    """The default weight spec of ``target`` (default :func:`x86_target`) on channel ``axis``, for
+    recipes a test builds by hand: int8 symmetric narrow per channel, with ``x86-avx2``'s
+    ``pair_limit`` (so ONNX Runtime's AVX2 kernel cannot saturate on it)."""
+    from quantfw.plugins.state import get_registry
+
+    fields = get_registry().target(target or x86_target()).weight_template("linear")
+    return QuantSpec(**fields, axis=axis)
+
+
+def avx2_kernel_here() -> tuple[bool, str]:
+    """``(True, what the CPU has)`` when ONNX Runtime's u8 x s8 kernel here is the AVX2 one whose
+    int16 pair sums saturate (x86 with AVX2, no VNNI), else ``(False, why not)``."""
+    vnni, found = cpu_vnni()
+    if vnni:
+        return False, f"this CPU has {found}: ONNX Runtime's u8 x s8 kernel cannot saturate"
+    if found != "avx2 without VNNI":
+        return False, f"this CPU has {found}: ONNX Runtime runs neither its VNNI nor AVX2 kernel"
+    return True, found
 
 
 def mlp_model(

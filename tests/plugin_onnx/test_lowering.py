@@ -12,6 +12,10 @@ Reference = :func:`quantfw.interpreter.run_graph` on the QuantGraph with the rec
   every input of the last layer (``s_in * max column L1 norm of its weight``).  On these models
   the measured difference is ~1e-7, i.e. no code moved;
 * integers are exact: weight codes, and QuantizeLinear outputs.
+
+Recipes are for this CPU's x86 target (``onnx_test_models.x86_target``: ``x86-vnni`` with VNNI,
+``x86-avx2`` without), whose integer kernels ONNX Runtime runs exactly here; the tests about
+``x86-vnni``'s saturating weights name that target.
 """
 
 from __future__ import annotations
@@ -25,7 +29,14 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
-from onnx_test_models import mlp_model, optimized_ops, session  # noqa: E402
+from onnx_test_models import (  # noqa: E402
+    avx2_kernel_here,
+    mlp_model,
+    optimized_ops,
+    session,
+    x86_target,
+    x86_weight_spec,
+)
 from quantfw_onnx.avx2 import (  # noqa: E402
     max_safe_weight_code,
     saturation_free,
@@ -40,7 +51,6 @@ from quantfw.interpreter import run_graph  # noqa: E402
 from quantfw.numerics import dequantize, params_from_tensor, quantize  # noqa: E402
 from quantfw.pipeline import quantize as quantize_model  # noqa: E402
 from quantfw.simulate import activation_hooks, reference_runner  # noqa: E402
-from quantfw.target import read_cpu_flags  # noqa: E402
 
 ort.set_default_logger_severity(3)
 
@@ -176,10 +186,12 @@ def make_cnn(seed: int = 0):
     return model, qg
 
 
-def recipe_for(qg: QuantGraph, calib: dict, target: str = "x86-vnni", **kw) -> Recipe:
+def recipe_for(qg: QuantGraph, calib: dict, target: str | None = None, **kw) -> Recipe:
+    """The recipe for ``target`` (default: this CPU's x86 target, see the module docstring)."""
     # no transform by default: these tests check the lowering of plain QDQ; SmoothQuant's
     # lowering has its own test below
     kw.setdefault("algorithms", ["none"])
+    target = target or x86_target()
     return quantize_model(qg, calib, target=target, frontend="graph", **kw).recipe
 
 
@@ -229,13 +241,23 @@ def mlp():
     return model, qg, recipe, {"x": x}
 
 
-@pytest.fixture(scope="module")
-def cnn():
+def _cnn_case(target: str | None = None):
     model, qg = make_cnn()
     rng = np.random.default_rng(2)
-    recipe = recipe_for(qg, {"x": f32(rng.uniform(0, 1, size=(64, 2, 8, 8)))})
+    recipe = recipe_for(qg, {"x": f32(rng.uniform(0, 1, size=(64, 2, 8, 8)))}, target)
     x = f32(rng.uniform(0, 1, size=(128, 2, 8, 8)))
     return model, qg, recipe, {"x": x}
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return _cnn_case()
+
+
+@pytest.fixture(scope="module")
+def cnn_vnni():
+    """The CNN for ``x86-vnni`` on any CPU: full int8 weights, pairs over the AVX2 limit."""
+    return _cnn_case("x86-vnni")
 
 
 @pytest.fixture(scope="module")
@@ -437,8 +459,8 @@ def test_dynamic_tensor_read_by_float_op_gets_dequantized(tmp_path):
         ["mm", "side"],
         {"w": w},
     )
-    wspec = QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=1)
-    recipe = Recipe("x86-vnni")
+    wspec = x86_weight_spec(axis=1)
+    recipe = Recipe(x86_target())
     recipe.add(TensorRecipe("x", "activation", QuantSpec("uint8", symmetric=False, dynamic=True)))
     recipe.add(TensorRecipe("w", "weight", wspec, params_from_tensor(w, wspec), node="mm"))
     qm = write_qdq(model, qg, recipe)
@@ -690,11 +712,14 @@ def test_backend_lower_and_run(cnn, tmp_path):
     out = tmp_path / "out" / "cnn.int8.onnx"
     art = backend.lower(src, qg, recipe, out)
     assert src.read_bytes() == before  # the input file is untouched
-    assert art.path == out and art.target == "x86-vnni" and art.format == "onnx"
+    assert art.path == out and art.target == recipe.target and art.format == "onnx"
     md = art.metadata
     assert md["format"] == "qdq" and md["opset"] == 13 and md["file_size"] == out.stat().st_size
     assert md["qdq_nodes"] == md["quantize_linear"] + md["dequantize_linear"] == 6 + 12
-    assert md["needs_vnni"] and md["max_weight_code"] == 127
+    assert md["max_weight_code"] == 127
+    # x86-vnni's full int8 weights have pairs over the AVX2 limit; x86-avx2 keeps them within
+    vnni = recipe.target == "x86-vnni"
+    assert md["needs_vnni"] == vnni and (md["max_pair_sum"] > 128) == vnni, md
     assert not list(out.parent.glob(".*tmp"))  # no temporary left behind
     onnx.checker.check_model(str(out), full_check=True)
     outs = OnnxRuntimeBackend(check_cpu=False).run(art, {"x": feeds["x"][:8].astype(np.float64)})
@@ -730,11 +755,12 @@ def test_backend_external_data_above_limit(mlp, tmp_path, monkeypatch):
     np.testing.assert_allclose(y, reference(qg, recipe, feeds)["y"], atol=1e-4)
 
 
-def test_backend_refuses_saturating_artifact_without_vnni(cnn, tmp_path, monkeypatch):
+def test_backend_refuses_saturating_artifact_without_vnni(cnn_vnni, tmp_path, monkeypatch):
     import quantfw_onnx.backend as backend_mod
 
-    model, qg, recipe, feeds = cnn
+    model, qg, recipe, feeds = cnn_vnni
     art = OnnxRuntimeBackend().lower(model, qg, recipe, tmp_path / "m.onnx")
+    assert art.metadata["needs_vnni"]
     monkeypatch.setattr(backend_mod, "cpu_vnni", lambda: (False, "avx2 without VNNI"))
     with pytest.raises(RuntimeError, match="would saturate in int16"):
         OnnxRuntimeBackend().run(art, feeds)
@@ -794,21 +820,10 @@ def test_avx2_emulation_is_exact_for_int7_weights():
     assert saturation_free(quantize(w, params_from_tensor(w, spec), spec))
 
 
-def _cpu_flags() -> frozenset[str]:
-    return read_cpu_flags() or frozenset()
-
-
-def _vnni_found() -> list[str]:
-    return [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in _cpu_flags()]
-
-
 @pytest.mark.skipif(
-    bool(_vnni_found()) or "avx2" not in _cpu_flags(),
-    reason=(
-        f"needs an x86 CPU with AVX2 and no VNNI; this one has "
-        f"{', '.join(_vnni_found()) or 'no avx2'}"
-        ", so ONNX Runtime's u8s8 kernel accumulates in int32 and cannot saturate"
-    ),
+    not avx2_kernel_here()[0],
+    reason=f"needs an x86 CPU with AVX2 and no VNNI; {avx2_kernel_here()[1]} "
+    "(test_avx2_emulation.py runs ONNX Runtime's AVX2 kernels here when it can)",
 )
 def test_onnxruntime_saturates_on_avx2_without_vnni(tmp_path):
     k = 64
@@ -828,11 +843,12 @@ def test_onnxruntime_saturates_on_avx2_without_vnni(tmp_path):
     y = session(matmul_integer(full), optimized=True).run(None, {"a": a})[0]
     assert not np.array_equal(y, u8s8_matmul_exact(a, full))  # silently saturated
 
-    # the x86-avx2 artifact (int7 weights) of the MLP is exact there
+    # the x86-avx2 artifact (int8 weights, every kernel pair within the limit) is exact there
     model, qg = make_mlp()
     rng = np.random.default_rng(14)
     recipe = recipe_for(qg, {"x": f32(rng.normal(size=(8, 4, 32)))}, target="x86-avx2")
-    assert recipe.tensors["fc1.weight"].spec.dtype == "int7"
+    spec = recipe.tensors["fc1.weight"].spec
+    assert spec.dtype == "int8" and spec.pair_limit == 128
     art = OnnxRuntimeBackend().lower(model, qg, recipe, tmp_path / "avx2.onnx")
     assert not art.metadata["needs_vnni"]
     feeds = {"x": f32(rng.normal(size=(4, 4, 32)) * 3)}
@@ -893,7 +909,7 @@ def _embedding_feeds(seed: int, batch: int = 4, seq: int = 8, vocab: int = 50):
 def embedder():
     model = make_embedding_model()
     calib = [_embedding_feeds(s) for s in range(30, 34)]
-    res = quantize_model(model, calib, target="x86-vnni")
+    res = quantize_model(model, calib, target=x86_target())
     return model, res
 
 
@@ -1112,9 +1128,9 @@ def test_smoothquant_in_front_of_dynamic_quantization(mlp, granularity):
     y = session(qm, optimized=False).run(None, calib)[0]
     np.testing.assert_allclose(y, ref, atol=1e-5 * np.abs(ref).max())
     # no calibration data: nothing to smooth with, the plain dynamic recipe
-    plain = quantize_model(qg, None, target="x86-vnni", frontend="graph", overrides=overrides)
+    plain = quantize_model(qg, None, target=smooth.target, frontend="graph", overrides=overrides)
     assert not plain.recipe.equalizations
-    float_y = reference(qg, Recipe(target="x86-vnni"), calib)["y"]
+    float_y = reference(qg, Recipe(target=smooth.target), calib)["y"]
 
     def err(r):
         return float(np.abs(reference(qg, r, calib)["y"] - float_y).mean())

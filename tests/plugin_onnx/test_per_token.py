@@ -11,6 +11,10 @@ compute what the reference (:func:`quantfw.simulate.reference_runner`) computes:
   row, as rows of very different magnitudes are the point of per-token scales;
 * activation x activation MatMuls (attention) read the fake-quantized float value;
 * the codes are :func:`quantfw.numerics.quantize`'s, ties and all-zero rows included.
+
+Artifacts that ONNX Runtime runs are for this CPU's x86 target by default
+(``onnx_test_models.x86_target``): an ``x86-vnni`` artifact's full int8 weights saturate in the
+AVX2 kernel of a CPU without VNNI.
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
-from onnx_test_models import mlp_model, optimized_ops, session  # noqa: E402
+from onnx_test_models import (  # noqa: E402
+    mlp_model,
+    optimized_ops,
+    session,
+    x86_target,
+    x86_weight_spec,
+)
 from quantfw_onnx.avx2 import PAIR_LIMIT, u8s8_matmul_avx2, u8s8_matmul_exact  # noqa: E402
 from quantfw_onnx.frontend import OnnxFrontend  # noqa: E402
 from quantfw_onnx.lowering import LoweringError, count_ops, write_qdq  # noqa: E402
@@ -97,9 +107,11 @@ def hard_rows(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     return rows.reshape(shape)
 
 
-def quantize_to(model, tmp_path, overrides, target="x86-vnni", data=None, name="model"):
-    """``quantfw.quantize`` as a user calls it; returns (result, the artifact as written)."""
+def quantize_to(model, tmp_path, overrides, target=None, data=None, name="model"):
+    """``quantfw.quantize`` as a user calls it (default: for this CPU's x86 target); returns
+    (result, the artifact as written)."""
     out = tmp_path / f"{name}.onnx"
+    target = target or x86_target()
     result = quantfw.quantize(model, data, target=target, overrides=overrides, output=str(out))
     return result, onnx.load(str(out))
 
@@ -196,7 +208,9 @@ def test_static_per_token_is_refused_clearly():
 
 
 @pytest.mark.parametrize(
-    ("target", "opset"), [("x86-vnni", 17), ("x86-vnni", 18), ("x86-avx2", 17)]
+    ("target", "opset"),
+    # this CPU's x86 target at both opsets (x86-vnni here only with VNNI), and x86-avx2
+    list(dict.fromkeys([(x86_target(), 17), (x86_target(), 18), ("x86-avx2", 17)])),
 )
 def test_mlp_matches_reference(tmp_path, target, opset):
     result, art = quantize_to(build_mlp(opset), tmp_path, PER_TOKEN, target=target)
@@ -360,9 +374,9 @@ def test_a_float_reader_and_a_graph_output_see_the_reference_value():
         list(outputs),
         {"w": w},
     )
-    wspec = QuantSpec("int8", narrow_range=True, granularity="per_channel", axis=1)
+    wspec = x86_weight_spec(axis=1)
     aspec = QuantSpec("uint8", symmetric=False, granularity="per_token", dynamic=True)
-    recipe = Recipe("x86-vnni")
+    recipe = Recipe(x86_target())
     recipe.add(TensorRecipe("hidden", "activation", aspec))  # consumers None: every reader
     recipe.add(TensorRecipe("w", "weight", wspec, params_from_tensor(w, wspec), node="mm"))
     art = write_qdq(model, qg, recipe)

@@ -21,6 +21,7 @@ import test_lowering  # noqa: E402
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 from onnx import numpy_helper as nh  # noqa: E402
+from onnx_test_models import x86_target  # noqa: E402
 from quantfw_onnx.backend import OnnxRuntimeBackend  # noqa: E402
 from quantfw_onnx.lowering import count_ops, qoperator_census, to_qoperator, write_qdq  # noqa: E402
 from test_lowering import (  # noqa: E402
@@ -39,9 +40,10 @@ from quantfw.numerics import params_from_tensor, quantize  # noqa: E402
 
 ort.set_default_logger_severity(3)
 
-# the lowering tests' fixtures: the same models and recipes
+# the lowering tests' fixtures: the same models and recipes (for this CPU's x86 target)
 mlp = test_lowering.mlp
 cnn = test_lowering.cnn
+cnn_vnni = test_lowering.cnn_vnni
 
 INTEGER_OPS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger"}
 
@@ -326,7 +328,7 @@ def test_frontend_models(kit, which, expected, left):
         if which == "cnn"
         else (kit.build_transformer, kit.transformer_batch)
     )
-    result = quantfw.quantize(build(), [batch(4, seed=s) for s in range(3)], target="x86-vnni")
+    result = quantfw.quantize(build(), [batch(4, seed=s) for s in range(3)], target=x86_target())
     graph, recipe = result.graph, result.recipe
     qdq = write_qdq(graph.forms["onnx"], graph, recipe)
     qop = write_qdq(graph.forms["onnx"], graph, recipe, fmt="qoperator")
@@ -391,16 +393,20 @@ def test_unknown_format_is_rejected(mlp):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_backend_lowers_to_qoperator(cnn, tmp_path):
+def test_backend_lowers_to_qoperator(cnn, cnn_vnni, tmp_path):
     model, qg, recipe, feeds = cnn
     backend = OnnxRuntimeBackend(fmt="qoperator", check_cpu=False)
+    # the weights QLinearConv reads count for the AVX2 saturation check: x86-vnni's are over
+    # the pair limit (on any CPU: lowering only)
+    vnni = backend.lower(*cnn_vnni[:3], tmp_path / "vnni.qop.onnx").metadata
+    assert vnni["int8_weight_tensors"] == 3 and vnni["max_pair_sum"] > 128 and vnni["needs_vnni"]
     art = backend.lower(model, qg, recipe, tmp_path / "cnn.qop.onnx")
     md = art.metadata
     assert md["format"] == "qoperator" and md["opset"] == 13
     assert (md["qlinear_conv"], md["qlinear_matmul"], md["matmul_integer"]) == (2, 0, 1)
     assert md["float_ops_on_dequantized"] == 3  # MaxPool, GlobalAveragePool, Flatten
-    # the weights QLinearConv reads count for the AVX2 saturation check
-    assert md["int8_weight_tensors"] == 3 and md["max_weight_code"] == 127 and md["needs_vnni"]
+    assert md["int8_weight_tensors"] == 3 and md["max_weight_code"] == 127
+    assert md["needs_vnni"] == (recipe.target == "x86-vnni")  # x86-avx2: pairs within the limit
     saved = onnx.load(str(art.path))
     onnx.checker.check_model(saved, full_check=True)
     assert {p.key: p.value for p in saved.metadata_props}["quantfw.format"] == "qoperator"

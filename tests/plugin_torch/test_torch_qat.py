@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -118,13 +120,58 @@ def test_convert_refuses_a_plain_module():
         quantfw.qat.convert(nn.Linear(2, 2))
 
 
+@contextlib.contextmanager
+def _deterministic_cpu(seed: int = 0):
+    """One thread, oneDNN off, seeded; the previous settings are restored afterwards.
+
+    That makes a run repeatable on one machine, not across machines: torch picks its vectorized
+    kernels (ATen's AVX-512 / AVX2 / default) and its BLAS code path from the CPU, and their
+    rounding differs in the last bits, which training amplifies."""
+    threads, mkldnn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+    torch.set_num_threads(1)
+    torch.backends.mkldnn.enabled = False
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.backends.mkldnn.enabled = mkldnn
+
+
+#: the largest share of PTQ's accuracy loss that QAT may leave (see the test's docstring)
+QAT_LEFT_AT_MOST = 0.6
+
+
 @pytest.mark.slow
 def test_qat_recovers_what_ptq_loses_at_w3a3(digits):
     """At W3A3 minmax PTQ loses about 4 points on digits; ten epochs of QAT (STE, Adam 1e-3 with
-    cosine decay, the benchmarks/torch_qat.py schedule) win most of them back."""
-    torch.backends.mkldnn.enabled = False
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+    cosine decay, the benchmarks/torch_qat.py schedule) win most of them back.
+
+    How much depends on the CPU, not only on the seed: torch picks its kernels from the CPU
+    (ATen's vectorized code, MKL's GEMM) and training amplifies their last-bit differences.
+    Float 0.9944 and PTQ 0.9536 (numpy: 22 of the 539 test images lost) are the same everywhere
+    measured; the share of that loss QAT leaves, torch 2.14.1 on one Zen 4 machine, seeds 0-5
+    (seed 0 is this test):
+
+    * AVX-512 kernels (native):             0.14-0.32, seed 0: 0.23
+    * ``ATEN_CPU_CAPABILITY=avx2``:         0.09-0.36, seed 0: 0.36
+    * ``ATEN_CPU_CAPABILITY=default``:      0.09-0.23, seed 0: 0.18
+    * AVX2-only CPU (``quantfw_onnx.cpu_mask``, MKL's AVX2 path too): 0.14-0.45, seed 0: 0.36
+      (QAT 0.9796: what an AVX2 machine reported against the former limit of 0.3).
+
+    Mean 0.22 over those 24 runs, worst 0.45 (10 images).  The limit, 0.6 (at most 13 of the 22
+    images left), is 3 images beyond the worst run and holds for a kernel or torch version that
+    shifts the result like another seed; QAT must still win back 9 or more images over PTQ, and
+    no QAT, or a broken one, leaves all 22."""
+    with _deterministic_cpu():
+        float_acc, ptq_acc, qat_acc = _w3a3_qat(digits)
+    assert float_acc - ptq_acc >= 0.03  # PTQ really loses several points here
+    left = (float_acc - qat_acc) / (float_acc - ptq_acc)
+    assert left <= QAT_LEFT_AT_MOST, (float_acc, ptq_acc, qat_acc, left)
+
+
+def _w3a3_qat(digits) -> tuple[float, float, float]:
+    """(float, PTQ, QAT) test accuracy of the digits CNN at W3A3."""
     m = digits_cnn_module()
     low = {"weight": {"bits": 3}, "activation": {"bits": 3}}
     ptq = quantfw.quantize(m, digits.x_calib, target="generic", overrides=low, algorithms=["none"])
@@ -135,7 +182,6 @@ def test_qat_recovers_what_ptq_loses_at_w3a3(digits):
 
     ptq_acc = acc(ptq.simulate()({name_in: digits.x_test})[name_out])
     float_acc = acc(_logits(m, digits.x_test))
-    assert float_acc - ptq_acc >= 0.03  # PTQ really loses several points here
     qm = quantfw.qat.prepare(
         m, digits.x_calib, target="generic", overrides=low, algorithms=["none"]
     )
@@ -156,5 +202,4 @@ def test_qat_recovers_what_ptq_loses_at_w3a3(digits):
             opt.step()
             sched.step()
     qat = quantfw.qat.convert(qm)
-    qat_acc = acc(qat.simulate()({name_in: digits.x_test})[name_out])
-    assert float_acc - qat_acc <= 0.3 * (float_acc - ptq_acc), (float_acc, ptq_acc, qat_acc)
+    return float_acc, ptq_acc, acc(qat.simulate()({name_in: digits.x_test})[name_out])
