@@ -135,9 +135,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
         cells = []
         for k in keys:
             v = r.get(k)
-            cells.append(
-                f"{'-' if v is None else f'{v:.4f}' if k != 'max_diff' else f'{v:.2e}':>19}"
-            )
+            text = "-" if v is None else f"{v:.2e}" if k == "max_diff" else f"{v:.4f}"
+            cells.append(f"{text:>{max(len(k), 9)}}")
         lines.append(r["system"].ljust(width) + "  ".join(cells))
     return "\n".join(lines)
 
