@@ -149,3 +149,30 @@ def test_other_calibrators_and_rewritten_float_weights_run_their_own_pass(
     count.calls.clear()
     quantfw.quantize(g, x, target="edges-sq", algorithms=["percentile"])
     assert len(count.calls) == 2  # histograms need the values: SmoothQuant's, then its own
+
+
+def test_smoothquant_stops_sampling_rows_once_it_has_enough(quantfw_registry_with, monkeypatch):
+    """Rows searched = the first ``samples`` of those drawn batch by batch, as when every batch
+    was drawn from; the draws after that are skipped (nothing reads them)."""
+    from quantfw.algorithms.smoothquant import SmoothQuant
+
+    g, x = _outlier_model(np.random.default_rng(5))
+    quantfw_registry_with(_Target())
+    seen = {}
+    real = SmoothQuant._search
+
+    def search(self, ctx, name, sample, *args):
+        seen[name] = sample.copy()
+        return real(self, ctx, name, sample, *args)
+
+    monkeypatch.setattr(SmoothQuant, "_search", search)
+    quantfw.quantize(
+        g, x, target="edges-sq", batch_size=7, algorithms=[("smoothquant", {"samples": 20})]
+    )
+    h = quantfw.interpreter.run_graph(g, {"x": x}, outputs=["h"])["h"]
+    rng = np.random.default_rng(0)
+    drawn = []
+    for i in range(0, len(x), 7):  # the old loop: a draw from every batch
+        flat = h[i : i + 7]
+        drawn.append(flat[rng.choice(len(flat), min(len(flat), 20), replace=False)])
+    assert seen["h"].tobytes() == np.concatenate(drawn)[:20].tobytes()
