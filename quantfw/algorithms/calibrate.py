@@ -177,6 +177,7 @@ class ObserverCalibration:
                     eq = ctx.recipe.equalizations.get(name)
                     observers[name].update(value if eq is None else equalize(value, eq.scale))
                     shapes[name] = tuple(value.shape)
+                outs = value = None  # free this batch before the next one runs
 
         ranges = {name: obs.compute_range() for name, obs in observers.items()}
         for members in plan.share_groups.values():

@@ -130,6 +130,7 @@ class SmoothQuant:
                         flat[rng.choice(len(flat), take, replace=False)]
                     )
                     have[name] = have.get(name, 0) + take
+            outs = v = flat = None  # free this batch before the next one runs
         chosen_alpha: dict[str, float | None] = {}
         for name, readers in chosen.items():
             weights = []

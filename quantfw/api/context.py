@@ -193,6 +193,7 @@ class StageContext:
                 if len(outs) > len(asked):
                     outs = {k: v for k, v in outs.items() if k in asked}
             yield outs
+            del outs  # before the next batch runs (one batch alive at a time)
         if ranges is not None:
             ranges.complete = ranges.version == self._float_version
 
