@@ -176,3 +176,34 @@ def test_smoothquant_stops_sampling_rows_once_it_has_enough(quantfw_registry_wit
         flat = h[i : i + 7]
         drawn.append(flat[rng.choice(len(flat), min(len(flat), 20), replace=False)])
     assert seen["h"].tobytes() == np.concatenate(drawn)[:20].tobytes()
+
+
+def test_layout_aliases_share_their_source_extremes():
+    from quantfw import Node, QuantGraph
+    from quantfw.algorithms.calibrate import _value_aliases
+
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(5, 4, 6)).astype(np.float32)
+    t = x.transpose(0, 2, 1).reshape(5, -1)
+    r = ChannelRanges(["x", "t"], aliases={"t": "x"})
+    r.update({"x": x, "t": t})
+    r.complete = True
+    assert r.shapes["t"] == (5, 24)
+    for got, want in zip(_from_ranges(r, "t"), _observed([t]), strict=True):
+        assert got.tobytes() == want.tobytes()
+    assert r.extrema("t", np.ones(24, np.float32)) is None  # its own channels were not kept
+
+    g = QuantGraph(
+        [
+            Node("lin", "linear", ["a"], ["b"], weights={"weight": "w"}),
+            Node("tr", "transpose", ["b"], ["c"], attrs={"perm": (1, 0)}),
+            Node("re", "reshape", ["c"], ["d"], attrs={"shape": (-1,)}),
+            Node("sm", "softmax", ["d"], ["e"]),
+            Node("re2", "reshape", ["e"], ["f"], attrs={"shape": (-1,)}),
+        ],
+        ["a"],
+        ["f"],
+        {"w": np.ones((3, 3), np.float32)},
+    )
+    assert _value_aliases(g, ["b", "c", "d", "e", "f"]) == {"c": "b", "d": "b", "f": "e"}
+    assert _value_aliases(g, ["b", "d"]) == {}  # "c" not watched: the chain is not followed

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..graph import OpKind, QuantGraph
 from ..numerics import compute_qparams, equalization_multiplier, equalize, params_from_tensor
 from ..observers import Observer, make_observer
 from ..recipe import TensorRecipe
@@ -78,6 +79,28 @@ def bias_params(
     return spec, QuantParams(scale, np.zeros(scale.shape, np.int32))
 
 
+#: ops whose output holds exactly the values of their first input (so the same extremes)
+_SAME_VALUES = frozenset(
+    {OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.FLATTEN, OpKind.SQUEEZE, OpKind.IDENTITY}
+)
+
+
+def _value_aliases(graph: QuantGraph, names: list[str]) -> dict[str, str]:
+    """``{tensor: source}`` for each of ``names`` made by a layout op from another of them
+    (followed to the first tensor of the chain), whose extremes are its source's."""
+    wanted, producers, out = set(names), graph.producers(), {}
+    for name in names:
+        source, node = name, producers.get(name)
+        while node is not None and node.op in _SAME_VALUES and node.inputs:
+            if node.inputs[0] not in wanted:
+                break
+            source = node.inputs[0]
+            node = producers.get(source)
+        if source != name:
+            out[name] = source
+    return out
+
+
 def _static(ctx: StageContext) -> list:
     """The activations calibration observes (static, parameters not fixed by the target)."""
     return [tp for tp in ctx.plan.activations() if not tp.spec.dynamic and tp.fixed_params is None]
@@ -126,9 +149,8 @@ class ObserverCalibration:
         """Before any stage runs: ask the first float-model pass (SmoothQuant's) to gather the
         extremes of the tensors this calibrator observes, so it needs no pass of its own."""
         if ctx.calibration is not None:
-            ctx.request_channel_ranges(
-                tp.name for tp in _static(ctx) if self._shares_a_pass(tp.spec)
-            )
+            names = [tp.name for tp in _static(ctx) if self._shares_a_pass(tp.spec)]
+            ctx.request_channel_ranges(names, _value_aliases(ctx.graph, names))
 
     def _from_shared_pass(
         self, ctx: StageContext, observers: dict[str, Observer], shapes: dict[str, tuple[int, ...]]

@@ -30,15 +30,21 @@ class ChannelRanges:
     """Running per-channel (last axis) minimum and maximum of some tensors over one pass.
 
     :param names: the tensors to watch.
+    :param aliases: ``{tensor: source}`` for tensors among ``names`` that hold the values of
+        another one (a reshape, transpose, squeeze … of ``source``, also among ``names``): only
+        their shapes are recorded, and their range without a multiplier is ``source``'s.
     :param version: the float model's version when the pass starts (see
         :meth:`StageContext.channel_ranges <quantfw.api.context.StageContext.channel_ranges>`).
     :ivar shapes: each tensor's shape in the last batch seen.
     :ivar complete: set once a pass went over every batch.
     """
 
-    def __init__(self, names: Iterable[str], version: int = 0) -> None:
+    def __init__(
+        self, names: Iterable[str], version: int = 0, aliases: Mapping[str, str] | None = None
+    ) -> None:
         self.names = tuple(dict.fromkeys(names))
         self.version = version
+        self.aliases = {t: s for t, s in (aliases or {}).items() if t != s}
         self.complete = False
         self.shapes: dict[str, tuple[int, ...]] = {}
         self._lo: dict[str, np.ndarray] = {}
@@ -53,7 +59,7 @@ class ChannelRanges:
                 continue
             v = np.asarray(outs[name])
             self.shapes[name] = tuple(v.shape)
-            if name in self._unusable:
+            if name in self._unusable or name in self.aliases:
                 continue
             if v.dtype not in _FLOATS:
                 self._unusable.add(name)
@@ -88,8 +94,14 @@ class ChannelRanges:
         :returns: ``None`` when the pass did not see usable values: not complete, not a
             float32/float64 tensor, no non-empty batch, a non-finite extreme (the observer's
             own pass then reports it), or a multiplier the kept statistics cannot serve (the
-            last axis changed length between batches, or has another length).
+            last axis changed length between batches, or has another length; an alias with a
+            multiplier).
         """
+        if name in self.aliases:  # the same values, laid out otherwise: no per-channel view
+            source = self.aliases[name]
+            if multiplier is not None or source in self.aliases or name not in self.shapes:
+                return None
+            return self.extrema(source)
         if not self.complete or name not in self._lo or name in self._unusable:
             return None
         lo, hi = self._lo[name], self._hi[name]

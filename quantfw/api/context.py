@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -175,7 +175,7 @@ class StageContext:
         if quantized or ranges is None or ranges.complete:
             ranges = None
         else:  # this float pass also gathers the requested ranges (see request_channel_ranges)
-            ranges = self._ranges = ChannelRanges(ranges.names, self._float_version)
+            ranges = self._ranges = ChannelRanges(ranges.names, self._float_version, ranges.aliases)
             wanted += [t for t in ranges.names if t not in asked]
         outs_iter = self.frontend.collect(
             self.model,
@@ -197,14 +197,19 @@ class StageContext:
         if ranges is not None:
             ranges.complete = ranges.version == self._float_version
 
-    def request_channel_ranges(self, tensors: Iterable[str]) -> None:
+    def request_channel_ranges(
+        self, tensors: Iterable[str], aliases: Mapping[str, str] | None = None
+    ) -> None:
         """Ask the next complete float-model pass, whichever algorithm runs it through
         :meth:`collect`, to also gather the per-channel (last axis) extremes of ``tensors``
         (:class:`~quantfw.api.channel_ranges.ChannelRanges`); read them with
         :meth:`channel_ranges`.  A calibrator that only needs extremes asks for them before the
-        stages run (its optional ``prepare(ctx)``), and so saves a pass of its own."""
+        stages run (its optional ``prepare(ctx)``), and so saves a pass of its own.
+
+        :param aliases: ``{tensor: source}``: tensors that hold another requested tensor's
+            values (see :class:`~quantfw.api.channel_ranges.ChannelRanges`)."""
         names = tuple(dict.fromkeys(tensors))
-        self._ranges = ChannelRanges(names, self._float_version) if names else None
+        self._ranges = ChannelRanges(names, self._float_version, aliases) if names else None
 
     def channel_ranges(self) -> ChannelRanges | None:
         """What :meth:`request_channel_ranges` asked for, once a float pass went over all the
