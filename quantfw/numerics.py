@@ -364,7 +364,33 @@ def dequantize(q: Any, params: QuantParams, spec: QuantSpec) -> np.ndarray:
 
 def fake_quantize(x: Any, params: QuantParams, spec: QuantSpec) -> np.ndarray:
     """``dequantize(quantize(x))``: ``x`` snapped to the grid, float32."""
+    fmt = spec.format
+    if isinstance(fmt, IntFormat) and fmt.bits <= 16 and not pairs.applies(spec) and np.ndim(x) > 0:
+        return _fake_quantize_int(x, params, spec)
     return dequantize(quantize(x, params, spec), params, spec)
+
+
+def _fake_quantize_int(x: Any, params: QuantParams, spec: QuantSpec) -> np.ndarray:
+    """:func:`fake_quantize` on an integer grid of <= 16 bits, bit for bit, in float32 alone.
+
+    Codes and zero points are integers below 2**17, exact in float32, so adding the zero point,
+    saturating and subtracting it again give the values :func:`quantize` (float64 sums, integer
+    codes) and :func:`dequantize` (int64 differences) give; an out-of-range ``rint(x / scale)``
+    stays out of range after the float32 addition (rounding is monotonic), and saturates to the
+    same code."""
+    x = _as_array(x)
+    scale, zp = broadcast_params(params, spec, tuple(x.shape))
+    x32 = x.astype(_F32)
+    _check_no_nan(x32, f"quantize to {spec.dtype}")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        y = x32 / scale
+    zp32 = zp.astype(_F32)
+    np.rint(y, out=y)
+    y += zp32
+    np.clip(y, _F32(spec.qmin), _F32(spec.qmax), out=y)
+    y -= zp32
+    y *= scale
+    return y
 
 
 def quantize_dynamic(x: Any, spec: QuantSpec) -> tuple[np.ndarray, QuantParams]:

@@ -230,6 +230,10 @@ def quantize(
             engines=lambda name, device, autograd: registry.engine(name, device, autograd=autograd),
         )
 
+        for _, _, algo in steps:  # e.g. a calibrator asking an earlier pass for its ranges
+            prepare = getattr(algo, "prepare", None)
+            if callable(prepare):
+                prepare(ctx)
         timings: dict[str, float] = {}
         for stage, info, algo in steps:
             with reporter.stage(stage.value, info.name, ctx) as timer:

@@ -528,3 +528,32 @@ def test_zero_dim_tensors():
         q = quantize(x, p, spec)
         assert q.shape == () and q.dtype == spec.format.storage
         assert abs(float(dequantize(q, p, spec)) - 0.37) <= float(p.scale) / 2 + 1e-7
+
+
+@pytest.mark.parametrize(
+    "dtype", ["int8", "uint8", "int4", "uint4", "int3", "int2", "ternary", "int7"]
+)
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize(
+    "granularity",
+    [
+        {},
+        {"granularity": "per_channel", "axis": 1},
+        {"granularity": "per_group", "axis": 1, "group_size": 5},
+    ],
+)
+def test_fake_quantize_fast_path_is_quantize_then_dequantize(dtype, symmetric, granularity):
+    """fake_quantize on integer grids computes in float32 alone: the same bits as the codes."""
+    from quantfw.numerics import params_from_tensor
+
+    try:
+        spec = QuantSpec(dtype, symmetric=symmetric, **granularity)
+    except ValueError:
+        pytest.skip("not a valid spec")
+    rng = np.random.default_rng(0)
+    x = (rng.standard_cauchy(size=(7, 23)) * 3).astype(np.float32)
+    x[0, 0], x[1, 1], x[2, 2], x[3, 3], x[4, 4] = 1e30, -1e30, -0.0, np.inf, -np.inf
+    p = params_from_tensor(np.clip(x, -50, 50), spec)
+    got, want = fake_quantize(x, p, spec), dequantize(quantize(x, p, spec), p, spec)
+    assert got.dtype == want.dtype == np.float32
+    assert got.tobytes() == want.tobytes()

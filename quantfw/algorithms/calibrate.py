@@ -7,7 +7,10 @@ One algorithm per observer (``minmax``, ``moving_average``, ``percentile``, ``en
   with ``weight_method="mse"``, or ``"absmean"``; ternary weights default to absmean, the
   scaling of BitNet b1.58, since a min-max scale would round almost every weight to zero);
 * runs the float model over the calibration data once, feeding every static activation to its
-  own observer (one batch in memory at a time);
+  own observer (one batch in memory at a time).  ``minmax`` on per-tensor activations needs only
+  their extremes, which it asks the first float pass of an earlier stage (SmoothQuant's) to
+  gather (:meth:`~quantfw.api.context.StageContext.request_channel_ranges`): then it runs no pass
+  of its own, with bit-identical ranges;
 * merges the ranges of tensors that must share one scale (concat inputs and output, …) and
   applies the target's fixed output parameters (softmax on TFLite, …);
 * derives int32 bias parameters, ``scale = s_input · s_weight`` (per output channel), zero
@@ -20,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..numerics import compute_qparams, equalize, params_from_tensor
-from ..observers import make_observer
+from ..graph import OpKind, QuantGraph
+from ..numerics import compute_qparams, equalization_multiplier, equalize, params_from_tensor
+from ..observers import Observer, make_observer
 from ..recipe import TensorRecipe
 from ..spec import Granularity, QuantParams, QuantSpec
 
@@ -75,6 +79,33 @@ def bias_params(
     return spec, QuantParams(scale, np.zeros(scale.shape, np.int32))
 
 
+#: ops whose output holds exactly the values of their first input (so the same extremes)
+_SAME_VALUES = frozenset(
+    {OpKind.RESHAPE, OpKind.TRANSPOSE, OpKind.FLATTEN, OpKind.SQUEEZE, OpKind.IDENTITY}
+)
+
+
+def _value_aliases(graph: QuantGraph, names: list[str]) -> dict[str, str]:
+    """``{tensor: source}`` for each of ``names`` made by a layout op from another of them
+    (followed to the first tensor of the chain), whose extremes are its source's."""
+    wanted, producers, out = set(names), graph.producers(), {}
+    for name in names:
+        source, node = name, producers.get(name)
+        while node is not None and node.op in _SAME_VALUES and node.inputs:
+            if node.inputs[0] not in wanted:
+                break
+            source = node.inputs[0]
+            node = producers.get(source)
+        if source != name:
+            out[name] = source
+    return out
+
+
+def _static(ctx: StageContext) -> list:
+    """The activations calibration observes (static, parameters not fixed by the target)."""
+    return [tp for tp in ctx.plan.activations() if not tp.spec.dynamic and tp.fixed_params is None]
+
+
 class ObserverCalibration:
     """Calibrate with one observer kind.
 
@@ -109,6 +140,39 @@ class ObserverCalibration:
         obs.update(w)
         return obs.compute_params()
 
+    def _shares_a_pass(self, spec: QuantSpec) -> bool:
+        # the exact extremes of the values, whatever the batches: exactly what a per-tensor
+        # min-max observer keeps, so extremes gathered by an earlier float pass serve it
+        return self.method == "minmax" and spec.granularity is Granularity.PER_TENSOR
+
+    def prepare(self, ctx: StageContext) -> None:
+        """Before any stage runs: ask the first float-model pass (SmoothQuant's) to gather the
+        extremes of the tensors this calibrator observes, so it needs no pass of its own."""
+        if ctx.calibration is not None:
+            names = [tp.name for tp in _static(ctx) if self._shares_a_pass(tp.spec)]
+            ctx.request_channel_ranges(names, _value_aliases(ctx.graph, names))
+
+    def _from_shared_pass(
+        self, ctx: StageContext, observers: dict[str, Observer], shapes: dict[str, tuple[int, ...]]
+    ) -> list[str]:
+        """Feed the observers the extremes an earlier pass gathered; the tensors left over."""
+        shared = ctx.channel_ranges()
+        if shared is None:
+            return list(observers)
+        pending = []
+        for name, obs in observers.items():
+            eq = ctx.recipe.equalizations.get(name)
+            got = None
+            if self._shares_a_pass(obs.spec):
+                mult = None if eq is None else equalization_multiplier(eq.scale)
+                got = shared.extrema(name, mult)
+            if got is None:
+                pending.append(name)
+                continue
+            obs.update(np.stack(got))  # the same range as every (equalised) value
+            shapes[name] = shared.shapes[name]
+        return pending
+
     def run(self, ctx: StageContext) -> None:
         plan, recipe = ctx.plan, ctx.recipe
         for tp in plan.weights():
@@ -124,18 +188,18 @@ class ObserverCalibration:
                 )
             )
 
-        static = [
-            tp for tp in plan.activations() if not tp.spec.dynamic and tp.fixed_params is None
-        ]
+        static = _static(ctx)
         observers = {tp.name: make_observer(self.method, tp.spec, **self.options) for tp in static}
         shapes: dict[str, tuple[int, ...]] = {}
-        if observers:
-            for outs in ctx.collect(list(observers)):
+        pending = self._from_shared_pass(ctx, observers, shapes)
+        if pending:
+            for outs in ctx.collect(pending):
                 for name, value in outs.items():
                     # an equalised activation is quantized as its consumers read it: rescaled
                     eq = ctx.recipe.equalizations.get(name)
                     observers[name].update(value if eq is None else equalize(value, eq.scale))
                     shapes[name] = tuple(value.shape)
+                outs = value = None  # free this batch before the next one runs
 
         ranges = {name: obs.compute_range() for name, obs in observers.items()}
         for members in plan.share_groups.values():

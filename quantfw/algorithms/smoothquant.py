@@ -113,17 +113,24 @@ class SmoothQuant:
             return
         amax: dict[str, np.ndarray] = {}
         rows: dict[str, list[np.ndarray]] = {}
+        have: dict[str, int] = {}
         rng = np.random.default_rng(0)
         for outs in ctx.collect(list(chosen)):
+            # only the first `samples` rows of each are searched: once every activation has
+            # them, later draws change nothing (and their rows need not be kept)
+            sampling = self.alpha == "auto" and any(have.get(n, 0) < self.samples for n in chosen)
             for name, v in outs.items():
                 flat = np.asarray(v, np.float32).reshape(-1, v.shape[-1])
-                m = np.abs(flat).max(axis=0)
+                # max |x| per channel without an |x| copy (+ 0 turns a -0.0 into 0.0)
+                m = np.maximum(flat.max(axis=0), -flat.min(axis=0)) + np.float32(0)
                 amax[name] = m if name not in amax else np.maximum(amax[name], m)
-                if self.alpha == "auto":
+                if sampling:
                     take = min(len(flat), self.samples)
                     rows.setdefault(name, []).append(
                         flat[rng.choice(len(flat), take, replace=False)]
                     )
+                    have[name] = have.get(name, 0) + take
+            outs = v = flat = None  # free this batch before the next one runs
         chosen_alpha: dict[str, float | None] = {}
         for name, readers in chosen.items():
             weights = []

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from ..recipe import Equalization
 from .blocks import BlockProblem, ProvidesBlocks, block_boundary
+from .channel_ranges import ChannelRanges
 from .layers import LAYER_KINDS, LayerProblem
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +56,11 @@ class Algorithm(Protocol):
     activations, round algorithms choose the integer weights (layer by layer through
     :meth:`StageContext.layer_problems`), finalize algorithms adjust biases
     and similar.
+
+    An algorithm may also have ``prepare(ctx)``: the pipeline calls it for every chosen
+    algorithm before the first stage runs, e.g. so that a calibrator can ask an earlier
+    stage's float-model pass to gather what it needs
+    (:meth:`StageContext.request_channel_ranges`).
     """
 
     def run(self, ctx: StageContext) -> None:
@@ -97,6 +103,8 @@ class StageContext:
     options: dict[str, Any] = field(default_factory=dict)
     float_weights: dict[str, np.ndarray] = field(default_factory=dict)
     engines: EngineFactory = _numpy_engine
+    _float_version: int = field(default=0, init=False, repr=False)
+    _ranges: ChannelRanges | None = field(default=None, init=False, repr=False)
 
     # -- weights -------------------------------------------------------------------------------
     def weight(self, name: str) -> np.ndarray:
@@ -120,6 +128,7 @@ class StageContext:
         value = np.asarray(value)
         self.float_weights[name] = value
         self.recipe.weights[name] = value
+        self._float_version += 1  # float activations gathered before no longer hold
 
     def set_quantized_weight(self, name: str, value: np.ndarray) -> None:
         """Rewrite an initializer for the quantized model only (SmoothQuant's ``s * W``, learned
@@ -160,10 +169,18 @@ class StageContext:
                 "layer-wise methods; skip SmoothQuant with algorithms=['none'])"
             )
         done = 0
+        wanted = list(tensors)
+        asked = set(wanted)
+        ranges = self._ranges
+        if quantized or ranges is None or ranges.complete:
+            ranges = None
+        else:  # this float pass also gathers the requested ranges (see request_channel_ranges)
+            ranges = self._ranges = ChannelRanges(ranges.names, self._float_version, ranges.aliases)
+            wanted += [t for t in ranges.names if t not in asked]
         outs_iter = self.frontend.collect(
             self.model,
             self.graph,
-            list(tensors),
+            wanted,
             self.calibration,
             weights=self.float_weights or None,
             recipe=self.recipe if quantized else None,
@@ -171,7 +188,37 @@ class StageContext:
         for outs in outs_iter:
             done += 1
             self.progress("calibration batches", done, None)
+            if ranges is not None:
+                ranges.update(outs)
+                if len(outs) > len(asked):
+                    outs = {k: v for k, v in outs.items() if k in asked}
             yield outs
+            del outs  # before the next batch runs (one batch alive at a time)
+        if ranges is not None:
+            ranges.complete = ranges.version == self._float_version
+
+    def request_channel_ranges(
+        self, tensors: Iterable[str], aliases: Mapping[str, str] | None = None
+    ) -> None:
+        """Ask the next complete float-model pass, whichever algorithm runs it through
+        :meth:`collect`, to also gather the per-channel (last axis) extremes of ``tensors``
+        (:class:`~quantfw.api.channel_ranges.ChannelRanges`); read them with
+        :meth:`channel_ranges`.  A calibrator that only needs extremes asks for them before the
+        stages run (its optional ``prepare(ctx)``), and so saves a pass of its own.
+
+        :param aliases: ``{tensor: source}``: tensors that hold another requested tensor's
+            values (see :class:`~quantfw.api.channel_ranges.ChannelRanges`)."""
+        names = tuple(dict.fromkeys(tensors))
+        self._ranges = ChannelRanges(names, self._float_version, aliases) if names else None
+
+    def channel_ranges(self) -> ChannelRanges | None:
+        """What :meth:`request_channel_ranges` asked for, once a float pass went over all the
+        calibration data with the float model as it is now (``None`` before that, or after a
+        :meth:`set_weight`)."""
+        r = self._ranges
+        if r is None or not r.complete or r.version != self._float_version:
+            return None
+        return r
 
     def layer_problems(
         self, nodes: Iterable[str] | None = None, *, quantized_inputs: bool = False

@@ -359,3 +359,4 @@ def _collect(
                 out[n] = numpy_helper.to_array(protos[n])
         del values, feeds
         yield out
+        del out  # before the next batch runs: one batch of activations alive, not two
