@@ -15,6 +15,7 @@ from .result import NodeDecision, QuantPlan
 from .rules import (
     between_quantized,
     check_layer_patterns,
+    float_output_readers,
     match_fusions,
     match_ignores,
     propagate_shared,
@@ -57,9 +58,12 @@ def _run(st: PlanState) -> QuantPlan:
         dynamic = ov.dynamic
 
     too_short = short_reductions(st)
+    float_input = float_output_readers(st)
 
     def base_eligible(n: Node) -> bool:
         if n.name in ignored or n.name in too_short or n.op not in t.ops.quantize:
+            return False
+        if n.name in float_input:
             return False
         return not dynamic or n.op in t.dynamic.ops
 
@@ -100,6 +104,9 @@ def _run(st: PlanState) -> QuantPlan:
             rule = f"fused ({chain})"
         elif n.name in reasons:
             decision = reasons[n.name]
+        elif n.name in float_input:
+            decision = (False, float_input[n.name])
+            rule = f"reads an output of an ops.float_outputs kind on target {t.name!r}"
         elif n.name in too_short:
             decision = (False, too_short[n.name])
             rule = f"conv reduction below ops.min_reduction = {t.ops.min_reduction}"

@@ -142,6 +142,33 @@ def short_reductions(st: PlanState) -> dict[str, str]:
     return out
 
 
+def float_output_readers(st: PlanState) -> dict[str, str]:
+    """Nodes that read, directly or through shared-scale ops, the output of an
+    ``ops.float_outputs`` kind: they stay float, as their input is never quantized."""
+    kinds = st.t.ops.float_outputs
+    if not kinds:
+        return {}
+    producers = st.g.producers()
+    passing = set(st.t.ops.shared_scale)
+    out: dict[str, str] = {}
+    for n in st.g.nodes:
+        if n.op not in st.t.ops.quantize:
+            continue
+        for x in st.data_inputs(n):
+            p = producers.get(x)
+            for _ in range(16):  # through reshape/transpose/identity...
+                if p is None or p.op not in passing or not p.inputs:
+                    break
+                p = producers.get(p.inputs[0])
+            if p is not None and p.op in kinds:
+                out[n.name] = (
+                    f"kept float: it reads the output of {p.name!r} ({p.op.value}), which "
+                    f"target {st.t.name!r} never quantizes (ops.float_outputs)"
+                )
+                break
+    return out
+
+
 def between_quantized(st: PlanState, eligible: Callable[[Node], bool]) -> dict[str, str]:
     """Nodes of ``ops.only_between_quantized`` kinds that would break out of an integer chain,
     with the reason: the greatest set of candidates whose data inputs all come from

@@ -76,6 +76,7 @@ OPS_KEYS = (
     "only_between_quantized",
     "weight_only",
     "min_reduction",
+    "float_outputs",
 )
 FIXED_KEYS = ("scale", "zero_point")
 

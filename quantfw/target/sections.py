@@ -160,3 +160,4 @@ class OpRules:
     only_between_quantized: frozenset[OpKind] = frozenset()
     weight_only: frozenset[OpKind] = frozenset()
     min_reduction: int = 0
+    float_outputs: frozenset[OpKind] = frozenset()

@@ -168,6 +168,7 @@ class TargetSpec:
                 "quantize_outputs": self.ops.quantize_outputs,
                 "only_between_quantized": kinds(self.ops.only_between_quantized),
                 "min_reduction": self.ops.min_reduction,
+                "float_outputs": sorted(k.value for k in self.ops.float_outputs),
                 "fixed_output": {
                     k.value: {"scale": v.scale, "zero_point": v.zero_point}
                     for k, v in self.ops.fixed_output.items()

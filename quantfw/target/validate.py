@@ -352,8 +352,18 @@ class TargetParser(TomlReader):
             raise self.bad(
                 "ops.min_reduction", min_reduction, "a non-negative integer", "e.g. 0, 16, 32"
             )
+        float_outputs = self.op_kinds(tbl.get("float_outputs", []), "ops.float_outputs")
         return OpRules(
-            quantize, float_only, shared, policy, fixed, per_op, between, weight_only, min_reduction
+            quantize,
+            float_only,
+            shared,
+            policy,
+            fixed,
+            per_op,
+            between,
+            weight_only,
+            min_reduction,
+            float_outputs,
         )
 
     def weight_only_kinds(

@@ -317,14 +317,19 @@ def test_per_token_beats_per_tensor_on_rows_of_different_magnitudes(tmp_path):
 def test_attention_matmuls_get_the_fake_quantized_value(kit, tmp_path):
     result, art = quantize_to(kit.build_transformer(), tmp_path, PER_TOKEN)
     recipe, graph = result.recipe, result.graph
-    # the attention inputs are per-token too (dynamic.ops has matmul): read in float
-    for name in ("q_t", "k_t", "probs", "v_t"):
+    # the attention inputs are per-token too (dynamic.ops has matmul): read in float; the
+    # softmax probabilities are never quantized (ops.float_outputs), so P x V stays float
+    for name in ("q_t", "k_t"):
         assert recipe.tensors[name].spec.granularity is Granularity.PER_TOKEN, name
+    assert "probs" not in recipe.tensors and "v_t" not in recipe.tensors
+    pv = next(d for d in result.plan.decisions if d.node == "pv")
+    assert not pv.quantized and "ops.float_outputs" in pv.reason
     counts = count_ops(art)
     assert counts["MatMulInteger"] == 6, counts  # q, k, v, o, ff1, ff2
     by_name = {n.name: n for n in art.graph.node}
     producers = {o: n for n in art.graph.node for o in n.output}
-    for node in ("qk", "pv"):
+    assert all(producers[x].op_type != "DequantizeLinear" for x in by_name["pv"].input)
+    for node in ("qk",):
         mm = by_name[node]
         assert mm.op_type == "MatMul"
         for x in mm.input:  # each reads Reshape(DequantizeLinear(per-row codes))

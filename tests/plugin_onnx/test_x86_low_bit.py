@@ -214,3 +214,17 @@ def test_a_group_size_matmulnbits_cannot_run_is_refused(kit):
     over = {"weight": {"dtype": "int4", "granularity": "per_group", "group_size": 8}}
     with pytest.raises(ValueError, match=r"group_size 8 .*allowed: 16, 32, 64, 128, 256"):
         quantfw.quantize(model, calib, target="x86", overrides=over)
+
+
+def test_softmax_outputs_stay_float_on_x86_and_not_on_generic(kit):
+    """ops.float_outputs: the x86 targets keep P x V float (and QK quantized); a target
+    without the rule (generic) quantizes both attention MatMuls."""
+    model = kit.build_transformer()
+    calib = kit.transformer_batch(4)
+    x86 = quantfw.quantize(model, calib, target="x86")
+    pv, qk = x86.plan.decision("pv"), x86.plan.decision("qk")
+    assert qk.quantized and not pv.quantized
+    assert "ops.float_outputs" in pv.reason
+    assert "probs" not in x86.recipe.tensors
+    generic = quantfw.quantize(model, calib, target="generic")
+    assert generic.plan.decision("pv").quantized and "probs" in generic.recipe.tensors
