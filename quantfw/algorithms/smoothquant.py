@@ -182,9 +182,9 @@ class SmoothQuant:
         """The strength among AUTO_ALPHAS with the least squared output error on the sample
         rows ``x``, the activation quantized over the range of *all* its calibration values
         (``ranges``: per-channel minima and maxima, divided by the candidate's factors) -- the
-        range a min-max calibration will give it, which rare outlier tokens widen far beyond
-        what a few hundred sample rows show (all-MiniLM-L6-v2, 256 x 128 tokens: the sample's
-        own range picked strengths that left the embedding cosine at 0.9979, this 0.998x)."""
+        range a min-max calibration will give it, which rare outlier tokens can widen beyond
+        what a few hundred sample rows show (on all-MiniLM-L6-v2, 256 x 128 tokens, the two
+        gave the same embedding cosine, 0.9978)."""
         from ..numerics import compute_qparams, fake_quantize, reduce_range
 
         aspec = ctx.plan.tensors[name].spec
