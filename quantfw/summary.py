@@ -145,7 +145,7 @@ class Summary:
 
     def _weight_format_lines(self) -> list[str]:
         """One line per weight format, with the reason for a pair limit and what it cost."""
-        groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, str, Any, bool, Any], list[dict[str, Any]]] = {}
         for row in self.tensors:
             if row["role"] == "weight":
                 key = (

@@ -111,7 +111,6 @@ class SmoothQuant:
                 chosen[tp.name] = readers
         if not chosen:
             return
-        amax: dict[str, np.ndarray] = {}
         lo: dict[str, np.ndarray] = {}  # per-channel extremes: the range calibration will see
         hi: dict[str, np.ndarray] = {}
         rows: dict[str, list[np.ndarray]] = {}
@@ -123,15 +122,12 @@ class SmoothQuant:
             sampling = self.alpha == "auto" and any(have.get(n, 0) < self.samples for n in chosen)
             for name, v in outs.items():
                 flat = np.asarray(v, np.float32).reshape(-1, v.shape[-1])
-                # max |x| per channel without an |x| copy (+ 0 turns a -0.0 into 0.0)
                 b_lo, b_hi = flat.min(axis=0), flat.max(axis=0)
-                m = np.maximum(b_hi, -b_lo) + np.float32(0)
-                if name in amax:
-                    amax[name] = np.maximum(amax[name], m)
+                if name in lo:
                     lo[name] = np.minimum(lo[name], b_lo)
                     hi[name] = np.maximum(hi[name], b_hi)
                 else:
-                    amax[name], lo[name], hi[name] = m, b_lo, b_hi
+                    lo[name], hi[name] = b_lo, b_hi
                 if sampling:
                     take = min(len(flat), self.samples)
                     rows.setdefault(name, []).append(
@@ -139,6 +135,8 @@ class SmoothQuant:
                     )
                     have[name] = have.get(name, 0) + take
             outs = v = flat = None  # free this batch before the next one runs
+        # max |x| per channel without an |x| copy (+ 0 turns a -0.0 into 0.0)
+        amax = {n: np.maximum(hi[n], -lo[n]) + np.float32(0) for n in lo}
         chosen_alpha: dict[str, float | None] = {}
         for name, readers in chosen.items():
             weights = []

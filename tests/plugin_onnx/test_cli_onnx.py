@@ -16,10 +16,16 @@ from quantfw.cli import cli  # noqa: E402
 from quantfw.recipe import Recipe  # noqa: E402
 
 
-def test_quantize_onnx_for_x86(tmp_path, kit):
+def _cnn_files(tmp_path, kit, n: int, key: str = "input"):
+    """The test CNN as ``cnn.onnx`` and ``n`` calibration images as ``calib.npz[key]``."""
     model = tmp_path / "cnn.onnx"
     onnx.save(kit.build_cnn(), str(model))
-    np.savez(tmp_path / "calib.npz", anything=kit.cnn_batch(16)["input"])
+    np.savez(tmp_path / "calib.npz", **{key: kit.cnn_batch(n)["input"]})
+    return model, tmp_path / "calib.npz"
+
+
+def test_quantize_onnx_for_x86(tmp_path, kit):
+    model, _ = _cnn_files(tmp_path, kit, 16, key="anything")  # an .npz's one array: any name
     out = tmp_path / "cnn.x86.onnx"
     res = CliRunner().invoke(
         cli,
@@ -55,9 +61,7 @@ def test_quantize_onnx_for_x86(tmp_path, kit):
 
 
 def test_qoperator_format_from_the_command_line(tmp_path, kit):
-    model = tmp_path / "cnn.onnx"
-    onnx.save(kit.build_cnn(), str(model))
-    np.savez(tmp_path / "calib.npz", input=kit.cnn_batch(8)["input"])
+    model, _ = _cnn_files(tmp_path, kit, 8)
     out = tmp_path / "cnn.qop.onnx"
     args = [
         "--quiet",
@@ -81,9 +85,7 @@ def test_qoperator_format_from_the_command_line(tmp_path, kit):
 @pytest.mark.parametrize("bits", [4, 3])
 def test_weight_bits_below_8_from_the_command_line(tmp_path, kit, bits):
     """``--weight-bits 4`` on x86 (once refused, "allowed: int7"): int8 codes within the grid."""
-    model = tmp_path / "cnn.onnx"
-    onnx.save(kit.build_cnn(), str(model))
-    np.savez(tmp_path / "calib.npz", input=kit.cnn_batch(8)["input"])
+    model, _ = _cnn_files(tmp_path, kit, 8)
     out = tmp_path / "cnn.w.onnx"
     res = CliRunner().invoke(
         cli,
