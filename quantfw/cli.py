@@ -25,10 +25,12 @@ def _parse_algorithm(text: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), _options((rest,), "--algorithm")
 
 
-def _registry(strict: bool = True):
+def _registry():
+    """The plugins' registry.  A plugin left out (failed, or clashing with a component name
+    already taken) is reported as a warning on stderr, and the rest keep working."""
     from .plugins import get_registry
 
-    return get_registry(strict=strict)
+    return get_registry()
 
 
 def _fail(exc: Exception) -> None:
@@ -225,7 +227,7 @@ def quantize(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List plugins: name, version, status (loaded / failed / blocked) and what each registers."""
-    registry = _registry(strict=False)
+    registry = _registry()
     reports = [r.to_dict() for r in registry.plugins]
     conflicts = [c.to_dict() for c in registry.conflicts]
     if as_json:
@@ -241,8 +243,6 @@ def plugins(as_json: bool) -> None:
         for kind, names in (r.get("registers") or {}).items():
             if names:
                 click.echo(f"    {kind}: {', '.join(names)}")
-    for c in registry.conflicts:
-        click.echo(f"error: {c.message()}", err=True)
 
 
 @cli.command()

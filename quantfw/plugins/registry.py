@@ -56,10 +56,12 @@ def _known(names: Iterable[str]) -> str:
 
 
 class DuplicateComponentError(PluginError):
-    """Two plugins (or one plugin twice) registered the same component name.
+    """Two plugins (or one plugin twice) registered the same component name: raised only when
+    asked for (``build_registry(pm, strict=True)``, ``get_registry(strict=True)``); otherwise the
+    later plugin is left out and reported.
 
-    ``registry`` is the registry built anyway (the first registration of each name kept), so a
-    listing such as ``quantfw plugins`` can still show everything; ``conflicts`` lists each clash.
+    ``registry`` is the registry built anyway (the later plugin left out), so a listing such as
+    ``quantfw plugins`` can still show everything; ``conflicts`` lists each clash.
     """
 
     def __init__(self, conflicts: list[Conflict], registry: Registry) -> None:
@@ -83,7 +85,8 @@ class Registry:
     :ivar converters: converter name → :class:`~quantfw.api.ConverterInfo`.
     :ivar engines: engine name → :class:`~quantfw.api.EngineInfo`.
     :ivar plugins: one :class:`PluginReport` per plugin: loaded, failed or blocked.
-    :ivar conflicts: component names registered twice (the first registration is kept).
+    :ivar conflicts: component names registered twice; the plugin that registered one again
+        (``conflict.second``) is left out with all its components, and reported as failed.
     :ivar plugin_manager: the manager it was built from, if any.
     """
 
