@@ -25,10 +25,17 @@ def _parse_algorithm(text: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), _options((rest,), "--algorithm")
 
 
-def _registry(strict: bool = True):
-    from .plugins import get_registry
+def _registry():
+    """The plugins' registry, without the plugins named by ``--disable-plugin``.  A plugin left
+    out (failed, or clashing with a component name already taken) is reported as a warning on
+    stderr, and the rest keep working."""
+    from .plugins import get_plugin_manager, get_registry
 
-    return get_registry(strict=strict)
+    ctx = click.get_current_context(silent=True)
+    disabled = (ctx.find_root().obj or {}).get("disabled") if ctx is not None else None
+    if disabled:  # loaded here, not in cli(), so that `quantfw ... CMD --help` loads nothing
+        get_plugin_manager(disabled=disabled)
+    return get_registry()
 
 
 def _fail(exc: Exception) -> None:
@@ -76,11 +83,7 @@ def cli(ctx: click.Context, disabled: tuple[str, ...], quiet: bool, verbose: boo
     """Quantize trained networks and deliver them to real hardware targets."""
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = {"quiet": quiet, "verbose": verbose}
-    if disabled:
-        from .plugins import get_plugin_manager
-
-        get_plugin_manager(disabled=disabled)
+    ctx.obj = {"quiet": quiet, "verbose": verbose, "disabled": disabled}
 
 
 @cli.command()
@@ -225,7 +228,7 @@ def quantize(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List plugins: name, version, status (loaded / failed / blocked) and what each registers."""
-    registry = _registry(strict=False)
+    registry = _registry()
     reports = [r.to_dict() for r in registry.plugins]
     conflicts = [c.to_dict() for c in registry.conflicts]
     if as_json:
@@ -241,8 +244,6 @@ def plugins(as_json: bool) -> None:
         for kind, names in (r.get("registers") or {}).items():
             if names:
                 click.echo(f"    {kind}: {', '.join(names)}")
-    for c in registry.conflicts:
-        click.echo(f"error: {c.message()}", err=True)
 
 
 @cli.command()
@@ -312,6 +313,7 @@ def demo(calibrator: str, seed: int) -> None:
     from .demo import format_rows, run_demo
 
     try:
+        _registry()  # the plugins, less those --disable-plugin names, for the demo's quantize
         rows = run_demo(seed=seed, calibrator=calibrator)
     except _user_errors() as exc:
         _fail(exc)

@@ -418,7 +418,7 @@ def test_duplicate_component_names_name_both_plugins(install) -> None:
     install("secondplug", "secondplug_mod", good_source("same"), version="1.5")
     pm = make_plugin_manager()
     with pytest.raises(DuplicateComponentError) as info:
-        build_registry(pm)
+        build_registry(pm, strict=True)
     message = str(info.value)
     for text in ("'same-frontend'", "firstplug 0.1", "secondplug 1.5", "'same-algo'"):
         assert text in message
@@ -426,10 +426,13 @@ def test_duplicate_component_names_name_both_plugins(install) -> None:
     registry = info.value.registry
     assert {c.name for c in registry.conflicts} == {"same-frontend", "same-algo"}
     assert registry.report("secondplug").registers["frontend"] == ["same-frontend"]
+    # by default the later plugin is left out whole, and the first keeps working
+    assert registry.report("secondplug").status == "failed"
+    assert registry.origin("frontend", "same-frontend") == "firstplug"
     with use_plugin_manager(pm):
         with pytest.raises(DuplicateComponentError, match="same-frontend"):
-            get_registry()
-        assert get_registry(strict=False).conflicts
+            get_registry(strict=True)
+        assert get_registry().conflicts
 
 
 def test_duplicate_of_a_builtin_name(quantfw_registry_with) -> None:

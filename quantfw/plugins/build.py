@@ -2,8 +2,9 @@
 
 Each plugin's hook implementation is called on its own, so every component is attributed to the
 plugin that registered it, and a plugin whose hook raises (or registers something malformed) is
-reported as failed with none of its components kept, while the other plugins still count.
-Building never changes the plugin manager.
+reported as failed with none of its components kept, while the other plugins still count.  So is
+a plugin registering a component name that a plugin before it (:func:`plugin_precedence`: the
+built-ins first) already registered.  Building never changes the plugin manager.
 """
 
 from __future__ import annotations
@@ -18,11 +19,24 @@ import pluggy
 
 from ..api.components import AlgorithmInfo, BackendInfo, ConverterInfo, EngineInfo, FrontendInfo
 from .errors import PluginError
-from .manager import QuantfwPluginManager
+from .manager import DEFAULT_PLUGINS, QuantfwPluginManager
 from .registry import Registry
-from .reports import KINDS, Conflict, PluginReport, exception_reason
+from .reports import (
+    KINDS,
+    Conflict,
+    PluginReport,
+    canonical_name,
+    exception_reason,
+    left_out_reason,
+)
 
-__all__ = ["REGISTRATION_HOOKS", "build_registry", "coerce_registration"]
+__all__ = [
+    "FIRST_PARTY",
+    "REGISTRATION_HOOKS",
+    "build_registry",
+    "coerce_registration",
+    "plugin_precedence",
+]
 
 logger = logging.getLogger("quantfw.plugins")
 
@@ -107,15 +121,70 @@ def _call_registration(kind: str, impl: pluggy.HookImpl) -> list[Any]:
     return items
 
 
-def build_registry(pm: QuantfwPluginManager, *, strict: bool = True) -> Registry:
+#: Distributions of quantfw's own plugins (the extras' plugins): after the built-ins, they keep a
+#: component name before any other plugin.
+FIRST_PARTY: frozenset[str] = frozenset(
+    f"quantfw-{extra}" for extra in ("onnx", "torch", "tf", "edge", "tensorrt")
+)
+
+
+def plugin_precedence(reports: dict[str, PluginReport]) -> list[str]:
+    """Plugin names, the one that keeps a contested component name first: the built-ins
+    (:data:`~quantfw.plugins.DEFAULT_PLUGINS`), then quantfw's own plugin distributions, then
+    the others, each group in load order (entry points sorted by distribution, then plugins
+    registered in-process) -- never by chance."""
+
+    def rank(name: str) -> int:
+        if name in DEFAULT_PLUGINS:
+            return 0
+        return 1 if canonical_name(reports[name].distribution) in FIRST_PARTY else 2
+
+    return sorted(reports, key=rank)  # stable: load order within a rank
+
+
+def _resolve_clashes(
+    reports: dict[str, PluginReport], collected: dict[str, list[tuple[str, list[Any]]]]
+) -> list[Conflict]:
+    """Leave out (mark failed) every plugin registering a name a plugin before it in
+    :func:`plugin_precedence` kept, or registering one name twice; return the clashes."""
+    by_plugin: dict[str, list[tuple[str, str]]] = {}
+    for kind in KINDS:
+        for plugin_name, items in collected[kind]:
+            if reports[plugin_name].status == "loaded":
+                names = by_plugin.setdefault(plugin_name, [])
+                names.extend((kind, item.name) for item in items)
+                reports[plugin_name].registers.setdefault(kind, []).extend(i.name for i in items)
+    owner: dict[tuple[str, str], str] = {}
+    conflicts: list[Conflict] = []
+    for plugin_name in plugin_precedence(reports):
+        report = reports[plugin_name]
+        seen: set[tuple[str, str]] = set()
+        mine: list[Conflict] = []
+        for key in by_plugin.get(plugin_name, []):
+            first = plugin_name if key in seen else owner.get(key)
+            if first is not None:
+                mine.append(Conflict(*key, reports[first], report))
+            seen.add(key)
+        if mine:
+            report.status, report.reason = "failed", left_out_reason(report, mine)
+            logger.warning("quantfw %s", report.reason)
+            conflicts.extend(mine)
+        else:
+            owner.update(dict.fromkeys(seen, plugin_name))
+    return conflicts
+
+
+def build_registry(pm: QuantfwPluginManager, *, strict: bool = False) -> Registry:
     """Call every plugin's registration hooks and collect the components.
 
-    Components are taken in pluggy's call order.  When two registrations share a kind and name,
-    the first is kept and the clash recorded in ``registry.conflicts``.
+    Components are taken in pluggy's call order.  When two plugins register the same kind and
+    name, the one that comes first in :func:`plugin_precedence` keeps it and the other is left
+    out with all of its components (reported as failed, logged as a warning, and recorded in
+    ``registry.conflicts``), so no plugin half-loads and the built-ins keep working.
 
     :param pm: the plugin manager to read (see :func:`~quantfw.plugins.make_plugin_manager`).
-    :param strict: raise :class:`~quantfw.plugins.DuplicateComponentError` on clashes; its
-        ``registry`` attribute still holds the registry, for listings.
+    :param strict: raise :class:`~quantfw.plugins.DuplicateComponentError` when there were
+        clashes (for a plugin's own tests); its ``registry`` attribute still holds the registry.
     """
     reports: dict[str, PluginReport] = {}
     for name, report in pm.load_reports.items():
@@ -151,20 +220,14 @@ def build_registry(pm: QuantfwPluginManager, *, strict: bool = True) -> Registry
                 continue
             collected[kind].append((impl.plugin_name, items))
 
+    conflicts = _resolve_clashes(reports, collected)
     tables: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
     origins: dict[tuple[str, str], str] = {}
-    conflicts: list[Conflict] = []
     for kind in KINDS:
         for plugin_name, items in collected[kind]:
-            report = reports[plugin_name]
-            if report.status != "loaded":
-                continue  # failed in a later hook: keep none of its components
+            if reports[plugin_name].status != "loaded":
+                continue  # failed, or left out for a clash: keep none of its components
             for item in items:
-                report.registers.setdefault(kind, []).append(item.name)
-                first = origins.get((kind, item.name))
-                if first is not None:
-                    conflicts.append(Conflict(kind, item.name, reports[first], report))
-                    continue
                 tables[kind][item.name] = item
                 origins[(kind, item.name)] = plugin_name
 
@@ -180,8 +243,6 @@ def build_registry(pm: QuantfwPluginManager, *, strict: bool = True) -> Registry
         conflicts=conflicts,
         plugin_manager=pm,
     )
-    for conflict in conflicts:
-        logger.warning("quantfw: %s", conflict.message())
     if strict:
         registry.check()
     return registry

@@ -186,11 +186,9 @@ def check_plugin(plugin: Any, *, deep: bool = False) -> list[str]:
 
     registry = build_registry(pm, strict=False)
     report = registry.report(name)
-    if report.status != "loaded":
+    if report.status != "loaded":  # failed, or left out for a clash (the reason names it)
         problems.append(report.reason)
-    problems.extend(
-        c.message() for c in registry.conflicts if name in (c.first.name, c.second.name)
-    )
+        return problems
     problems.extend(_component_problems(registry, name, report.registers, deep))
     return problems
 

@@ -29,6 +29,7 @@ from ..api.components import (
 from ..api.formats import QGRAPH, install_hint_for
 from .conversions import ConversionError, describe_missing, find_path, run_path
 from .errors import PluginError, UnavailableComponentError, UnknownComponentError
+from .hints import TARGET_EXTRAS, model_hint, plugin_hint
 from .reports import KINDS, ComponentStatus, Conflict, PluginReport
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,10 +57,12 @@ def _known(names: Iterable[str]) -> str:
 
 
 class DuplicateComponentError(PluginError):
-    """Two plugins (or one plugin twice) registered the same component name.
+    """Two plugins (or one plugin twice) registered the same component name: raised only when
+    asked for (``build_registry(pm, strict=True)``, ``get_registry(strict=True)``); otherwise the
+    later plugin is left out and reported.
 
-    ``registry`` is the registry built anyway (the first registration of each name kept), so a
-    listing such as ``quantfw plugins`` can still show everything; ``conflicts`` lists each clash.
+    ``registry`` is the registry built anyway (the later plugin left out), so a listing such as
+    ``quantfw plugins`` can still show everything; ``conflicts`` lists each clash.
     """
 
     def __init__(self, conflicts: list[Conflict], registry: Registry) -> None:
@@ -83,7 +86,8 @@ class Registry:
     :ivar converters: converter name → :class:`~quantfw.api.ConverterInfo`.
     :ivar engines: engine name → :class:`~quantfw.api.EngineInfo`.
     :ivar plugins: one :class:`PluginReport` per plugin: loaded, failed or blocked.
-    :ivar conflicts: component names registered twice (the first registration is kept).
+    :ivar conflicts: component names registered twice; the plugin that registered one again
+        (``conflict.second``) is left out with all its components, and reported as failed.
     :ivar plugin_manager: the manager it was built from, if any.
     """
 
@@ -199,14 +203,27 @@ class Registry:
             pass
         close = difflib.get_close_matches(str(name), list(table), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        failed = [r for r in self.plugins if r.status != "loaded"]
         note = ""
-        if failed:
-            note = "; plugins not loaded: " + ", ".join(
-                f"{r.name} ({r.status}: {r.reason})" for r in failed
+        if kind == "target" and name in TARGET_EXTRAS:
+            note = plugin_hint(
+                TARGET_EXTRAS[name],
+                f"target {name!r} and its backends",
+                self.plugins,
+                self.plugin_manager,
             )
+        note = note or self._not_loaded()
+        note = f"; {note}" if note else ""
         raise UnknownComponentError(
             f"unknown {kind} {name!r}{hint}; known {kind}s: {_known(table)}{note}"
+        )
+
+    def _not_loaded(self) -> str:
+        """``"plugins not loaded: x (blocked: …)"`` for the plugins that failed or were blocked."""
+        failed = [r for r in self.plugins if r.status != "loaded"]
+        if not failed:
+            return ""
+        return "plugins not loaded: " + ", ".join(
+            f"{r.name} ({r.status}: {r.reason})" for r in failed
         )
 
     def _usable(self, kind: str, name: str, check_available: bool) -> Any:
@@ -286,7 +303,9 @@ class Registry:
             kind = type(model)
             what = f"a model of type {kind.__module__}.{kind.__qualname__}"
         installed = "; ".join(notes) if notes else "none installed"
-        raise UnknownComponentError(f"no frontend accepts {what}; frontends: {installed}")
+        hint = model_hint(model, self.plugins, self.plugin_manager) or self._not_loaded()
+        hint = f"; {hint}" if hint else ""
+        raise UnknownComponentError(f"no frontend accepts {what}{hint}; frontends: {installed}")
 
     def backends_for(
         self, target: str | TargetSpec, *, available_only: bool = False

@@ -14,7 +14,9 @@ __all__ = [
     "ComponentStatus",
     "canonical_name",
     "describe_plugin",
+    "disable_hint",
     "exception_reason",
+    "left_out_reason",
 ]
 
 #: Component kinds, in the order they are registered and listed.
@@ -75,23 +77,30 @@ class PluginReport:
         return data
 
 
+def disable_hint(name: str) -> str:
+    """How to stop loading plugin ``name``, on the command line and in the environment."""
+    return f"--disable-plugin {name} (or QUANTFW_DISABLE_PLUGINS={name})"
+
+
 @dataclass(frozen=True)
 class Conflict:
-    """One component name registered twice.  The first registration is the one kept."""
+    """One component name registered twice.  The first registration (``first``) is kept and the
+    plugin that registered it again (``second``) is left out with all of its components."""
 
     kind: str
     name: str
     first: PluginReport
     second: PluginReport
 
-    def message(self) -> str:
+    def clash(self) -> str:
+        """``"algorithm 'minmax' is already registered by plugin 'x' (…)"``."""
         if self.first.name == self.second.name:
             return f"{self.kind} {self.name!r} is registered twice by {self.first.describe()}"
-        return (
-            f"{self.kind} {self.name!r} is registered by two plugins: {self.first.describe()} "
-            f"and {self.second.describe()}; uninstall one of them, or disable one with "
-            f"QUANTFW_DISABLE_PLUGINS={self.second.name}"
-        )
+        return f"{self.kind} {self.name!r} is already registered by {self.first.describe()}"
+
+    def message(self) -> str:
+        """The clash, that ``second`` is left out, and how to silence it."""
+        return left_out_reason(self.second, [self])
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,8 +108,20 @@ class Conflict:
             "name": self.name,
             "plugins": [self.first.name, self.second.name],
             "distributions": [self.first.distribution, self.second.distribution],
+            "kept": self.first.name,
+            "left_out": self.second.name,
             "message": self.message(),
         }
+
+
+def left_out_reason(report: PluginReport, conflicts: list[Conflict]) -> str:
+    """Why ``report``'s plugin is left out for ``conflicts`` (its clashes), with the fix."""
+    clashes = "; ".join(c.clash() for c in conflicts)
+    uninstall = f", or uninstall {report.distribution}" if report.distribution else ""
+    return (
+        f"{report.describe()} is left out with all its components: {clashes}; "
+        f"to silence this, disable it with {disable_hint(report.name)}{uninstall}"
+    )
 
 
 @dataclass(frozen=True)

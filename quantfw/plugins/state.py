@@ -53,12 +53,15 @@ def get_plugin_manager(*, disabled: Iterable[str] | None = None) -> QuantfwPlugi
         return _pm
 
 
-def get_registry(*, strict: bool = True) -> Registry:
+def get_registry(*, strict: bool = False) -> Registry:
     """The registry of the process-wide plugin manager, rebuilt when its plugins change.
 
-    :param strict: raise :class:`~quantfw.plugins.DuplicateComponentError` if two plugins
-        registered the same component name.  ``strict=False`` returns the registry anyway
-        (``registry.conflicts`` lists the clashes), for listings such as ``quantfw plugins``.
+    A plugin that registers a component name already taken (by the built-ins, or by a plugin
+    earlier in :func:`~quantfw.plugins.build.plugin_precedence`) is left out, reported as failed
+    and logged as a warning; ``registry.conflicts`` lists the clashes.
+
+    :param strict: raise :class:`~quantfw.plugins.DuplicateComponentError` instead if there was
+        any such clash (for a plugin's own tests).
     """
     global _registry
     with _lock:
