@@ -284,9 +284,13 @@ class CalibrationData:
                 f"{where}: got {v.dtype} data, but the model's input is {want} ({want_kind}); "
                 f"give {want_kind} values (e.g. array.astype(numpy.{want.name}))"
             )
-        if want_kind == "integer" and v.dtype != want and not np.can_cast(v.dtype, want):
+        if want_kind == "integer" and v.dtype != want:
             info = np.iinfo(want)
-            if v.size and (v.min() < info.min or v.max() > info.max):
+            if (
+                not np.can_cast(v.dtype, want)
+                and v.size
+                and (v.min() < info.min or v.max() > info.max)
+            ):
                 raise CalibrationError(
                     f"{where}: {v.dtype} values from {v.min()} to {v.max()} do not fit the "
                     f"model's {want} input (range {info.min}..{info.max})"

@@ -161,7 +161,13 @@ def cli(ctx: click.Context, disabled: tuple[str, ...], quiet: bool, verbose: boo
     metavar="KEY=VALUE",
     help="Option for the backend (repeatable), e.g. fmt=qoperator for ONNX Runtime.",
 )
-@click.option("--batch-size", default=32, show_default=True, help="Calibration batch size.")
+@click.option(
+    "--batch-size",
+    default=32,
+    show_default=True,
+    help="Calibration samples per model run; batches over the activation memory budget "
+    "(QUANTFW_CALIB_MEMORY, default 2GiB) run in chunks.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def quantize(

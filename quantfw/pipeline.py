@@ -372,7 +372,10 @@ def choose_lowering(
     note = _backend_note(registry, target_spec, backends, usable)
     if output is None:
         if usable:
-            note = f"backend {usable[0].name} available; pass output= to write the artifact"
+            note = (
+                f"backend {usable[0].name} available; give an output (output=, or -o on the "
+                "command line) to write the artifact"
+            )
         return Lowering(target_spec, None, usable[0] if usable else None, None, note, registry)
     if not usable:
         raise UnavailableError(f"cannot write {output}: {note}")
