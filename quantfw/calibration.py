@@ -181,7 +181,7 @@ class CalibrationData:
         self.batch_size = batch_size
         self.num_samples: int | None = None
         self.sample_bytes = sample_bytes if sample_bytes and sample_bytes > 0 else None
-        self.budget = memory_budget() if self.sample_bytes else None
+        self.budget = memory_budget()  # read (and checked) whether or not it is needed
         self._warned = False
         self._cache: list[dict[str, np.ndarray]] | None = None
         self._one_shot: Iterator[Any] | None = None

@@ -347,12 +347,16 @@ def test_input_dtypes_survive_a_graph_file(tmp_path):
 # -- 5. the activation memory budget --------------------------------------------------------------
 
 
-def test_parse_size_and_a_bad_budget():
+def test_parse_size_and_a_bad_budget(monkeypatch):
     assert parse_size("2GiB") == 2 * 2**30 and parse_size("512MB") == 512 * 10**6
     assert parse_size("1e9") == 10**9 and parse_size(" 64 kib ") == 64 * 1024
     for bad in ("lots", "-1", "0"):
         with pytest.raises(CalibrationError, match=f"{MEMORY_ENV}='{bad}': give a positive"):
             parse_size(bad)
+    # a mistyped budget is reported even where the frontend makes no estimate
+    monkeypatch.setenv(MEMORY_ENV, "2 gigs")
+    with pytest.raises(CalibrationError, match=f"{MEMORY_ENV}='2 gigs'"):
+        CalibrationData(np.ones((4, 4)), _graph())
 
 
 def test_batches_over_the_budget_run_in_chunks(monkeypatch, caplog):
