@@ -9,14 +9,26 @@ Accepted sources for ``quantfw.quantize(..., calibration_data=...)``:
 * any other iterable of batches.  A one-shot iterator (a generator) is cached in memory on its
   first pass, since algorithms may need several passes; pass a callable to avoid that.
 
-Every batch is validated: input names, float values finite, dtypes numeric, ranks and fixed
+Every batch is validated: input names, float values finite, dtypes numeric and of the kind the
+model declares (float data for a float input, integers for an integer input; float64 is read as
+float32, integers are widened or narrowed only where every value fits), ranks and fixed
 dimensions matching the model's inputs where known.  Errors name the input, the batch and what
 would fix it.
+
+Memory: when the frontend can estimate a sample's activations
+(:class:`~quantfw.api.protocols.EstimatesActivations`), batches whose activations would exceed
+the budget -- ``QUANTFW_CALIB_MEMORY`` (bytes, or e.g. ``512MiB``, ``4GiB``), default 2 GiB --
+are run in chunks that fit, with a warning giving the figures.  Calibrators are streaming, so
+the ranges are the same (``moving_average``, which averages per-batch extremes, is the
+exception); a model exported with a fixed batch cannot be cut, and only gets the warning.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
+import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -24,13 +36,113 @@ from typing import Any
 
 import numpy as np
 
+from .errors import QuantfwError
 from .graph import QuantGraph
 
-__all__ = ["CalibrationData", "CalibrationError", "CalibrationFile", "load_calibration_source"]
+__all__ = [
+    "CalibrationData",
+    "CalibrationError",
+    "CalibrationFile",
+    "CalibrationRequiredError",
+    "CalibrationSourceError",
+    "MEMORY_ENV",
+    "load_calibration_source",
+    "memory_budget",
+]
+
+log = logging.getLogger(__name__)
+
+#: Environment variable: the activation memory one calibration batch may use (see the module
+#: docstring); bytes, or a number with a unit (``KiB``/``MiB``/``GiB``, ``KB``/``MB``/``GB``).
+MEMORY_ENV = "QUANTFW_CALIB_MEMORY"
+DEFAULT_MEMORY = 2 * 2**30
 
 
 class CalibrationError(ValueError):
     """Calibration data that cannot be used."""
+
+
+class CalibrationSourceError(CalibrationError, QuantfwError):
+    """A ``module:function`` calibration source failed: the module cannot be imported or does
+    not have the function, or the user's code raised (importing the module, calling the
+    function, or iterating over what it returned).  ``__cause__`` is the original exception,
+    whose traceback the command line prints under ``--verbose``."""
+
+    def __init__(self, spec: str, what: str, cause: BaseException | None = None) -> None:
+        self.spec = spec
+        self.show_cause = cause is not None
+        detail = f" raised {type(cause).__name__}: {cause}" if cause is not None else ""
+        super().__init__(f"calibration source {spec!r}: {what}{detail}")
+
+
+class CalibrationRequiredError(QuantfwError, ValueError):
+    """The quantization runs the model and no calibration data was given.  The ways out are
+    kept as data, so that the Python API and the command line each name them in their terms."""
+
+    #: terms -> (how to give the data, how to quantize dynamically, how to skip SmoothQuant)
+    WAYS = {
+        "python": (
+            "pass calibration_data",
+            "overrides={'dynamic': True}",
+            "algorithms=['none']",
+        ),
+        "cli": (
+            "pass --calib (a .npz file, a folder of .npy files, or module:function)",
+            "--dynamic",
+            "-a none",
+        ),
+    }
+
+    def message(self, terms: str = "python") -> str:
+        data, dynamic, no_smooth = self.WAYS[terms]
+        return (
+            f"this quantization runs the model, which needs calibration data: {data}.  Static "
+            f"activation ranges need it (quantize activations dynamically instead with {dynamic}, "
+            "where the target allows it), and so do algorithms that read activations "
+            f"(SmoothQuant, layer-wise methods; skip SmoothQuant with {no_smooth})"
+        )
+
+    def __str__(self) -> str:
+        return self.message("python")
+
+    def cli_message(self) -> str:
+        return self.message("cli")
+
+
+def parse_size(text: str, where: str = MEMORY_ENV) -> int:
+    """``"2GiB"``, ``"512MB"``, ``"1e9"`` as a number of bytes.
+
+    :raises CalibrationError: naming ``where`` and the accepted forms.
+    """
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([kKmMgGtT]?)(i?)[bB]?\s*", text)
+    try:
+        if m is None:
+            raise ValueError
+        base = 1024 if m.group(3) else 1000
+        scale = base ** ("kmgt".index(m.group(2).lower()) + 1) if m.group(2) else 1
+        value = int(float(m.group(1)) * scale)
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        raise CalibrationError(
+            f"{where}={text!r}: give a positive size in bytes, e.g. 2GiB, 512MiB or 1000000000"
+        ) from None
+    return value
+
+
+def memory_budget() -> int:
+    """The bytes of activations one calibration batch may take: ``QUANTFW_CALIB_MEMORY`` or
+    2 GiB."""
+    text = os.environ.get(MEMORY_ENV, "").strip()
+    return parse_size(text) if text else DEFAULT_MEMORY
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"  # pragma: no cover
 
 
 def _split(arrays: Mapping[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
@@ -50,21 +162,36 @@ class CalibrationData:
     :param source: see the module docstring.
     :param graph: the model's graph (input names and known shapes).
     :param batch_size: samples per batch when the source is whole arrays.
+    :param sample_bytes: the activations one sample makes when the model runs, where the
+        frontend can tell: batches over :func:`memory_budget` are cut into chunks that fit.
     """
 
-    def __init__(self, source: Any, graph: QuantGraph, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        source: Any,
+        graph: QuantGraph,
+        batch_size: int = 32,
+        *,
+        sample_bytes: int | None = None,
+    ) -> None:
         if batch_size < 1:
             raise CalibrationError(f"batch_size must be positive, got {batch_size}")
         self.graph = graph
         self.input_names = list(graph.inputs)
         self.batch_size = batch_size
         self.num_samples: int | None = None
+        self.sample_bytes = sample_bytes if sample_bytes and sample_bytes > 0 else None
+        self.budget = memory_budget()  # read (and checked) whether or not it is needed
+        self._warned = False
         self._cache: list[dict[str, np.ndarray]] | None = None
         self._one_shot: Iterator[Any] | None = None
+        self._read = 0  # batches read from the one-shot iterator
         self._factory: Callable[[], Iterable[Any]]
         if source is None:
             raise CalibrationError("no calibration data given")
+        self._origin: str | None = None  # the file or module:function the data came from
         if isinstance(source, CalibrationFile):
+            self._origin = source.spec
             source = source.resolve(graph)
         fixed = self._fixed_batch()
         if fixed is not None and isinstance(source, (np.ndarray, Mapping)):
@@ -98,6 +225,15 @@ class CalibrationData:
             )
         return self.input_names[0]
 
+    def _checked(self, batch: Any, index: int) -> dict[str, np.ndarray]:
+        """:meth:`_check`, its errors naming the calibration file where there is one."""
+        try:
+            return self._check(batch, index)
+        except CalibrationError as exc:
+            if self._origin is None:
+                raise
+            raise CalibrationError(f"{self._origin}: {exc}") from None
+
     def _check(self, batch: Any, index: int) -> dict[str, np.ndarray]:
         if not isinstance(batch, Mapping):
             if isinstance(batch, (tuple, list)) and len(batch) == len(self.input_names) > 1:
@@ -120,6 +256,7 @@ class CalibrationData:
                 raise CalibrationError(
                     f"calibration batch {index}, input {name!r}: dtype {v.dtype} is not numeric"
                 )
+            v = self._check_dtype(name, v, index)
             if v.dtype.kind == "f":
                 bad = int(np.size(v) - np.count_nonzero(np.isfinite(v)))
                 if bad:
@@ -131,6 +268,83 @@ class CalibrationData:
             self._check_shape(name, v, index)
             out[name] = v
         return out
+
+    def _check_dtype(self, name: str, v: np.ndarray, index: int) -> np.ndarray:
+        """``v`` as the model's declared type allows: the same kind (float / integer / bool)
+        is required; integers are converted where every value fits."""
+        declared = self.graph.input_dtypes.get(name)
+        if declared is None:
+            return v
+        want = np.dtype(declared)
+        kind = {"f": "float", "i": "integer", "u": "integer", "b": "bool"}
+        got_kind, want_kind = kind.get(v.dtype.kind), kind.get(want.kind)
+        where = f"calibration batch {index}, input {name!r}"
+        if want_kind is not None and got_kind != want_kind:
+            raise CalibrationError(
+                f"{where}: got {v.dtype} data, but the model's input is {want} ({want_kind}); "
+                f"give {want_kind} values (e.g. array.astype(numpy.{want.name}))"
+            )
+        if want_kind == "integer" and v.dtype != want:
+            info = np.iinfo(want)
+            if (
+                not np.can_cast(v.dtype, want)
+                and v.size
+                and (v.min() < info.min or v.max() > info.max)
+            ):
+                raise CalibrationError(
+                    f"{where}: {v.dtype} values from {v.min()} to {v.max()} do not fit the "
+                    f"model's {want} input (range {info.min}..{info.max})"
+                )
+            v = v.astype(want)
+        return v
+
+    def _fit(self, samples: int) -> int:
+        """The samples a batch may hold within the memory budget (``samples`` when it fits),
+        warning once when it must be cut."""
+        if self.sample_bytes is None or self.budget is None:
+            return samples
+        fit = max(1, self.budget // self.sample_bytes)
+        if samples <= fit:
+            return samples
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "a calibration batch of %d samples would take about %s of activations (%s per "
+                "sample), over the %s budget: running it in chunks of %d samples (set %s to "
+                "change the budget)",
+                samples,
+                _size(samples * self.sample_bytes),
+                _size(self.sample_bytes),
+                _size(self.budget),
+                fit,
+                MEMORY_ENV,
+            )
+        return fit
+
+    def _chunks(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """``batch`` cut to the memory budget (a model with a fixed batch only gets a warning)."""
+        n = len(next(iter(batch.values())))
+        if self._fixed_batch() is not None:
+            if self.sample_bytes and self.budget and n * self.sample_bytes > self.budget:
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "a calibration batch of %d samples takes about %s of activations, over "
+                        "the %s budget (%s), and the model fixes its batch size, so it cannot be "
+                        "cut",
+                        n,
+                        _size(n * self.sample_bytes),
+                        _size(self.budget),
+                        MEMORY_ENV,
+                    )
+            yield batch
+            return
+        step = self._fit(n)
+        if step >= n:
+            yield batch
+            return
+        for i in range(0, n, step):
+            yield {k: v[i : i + step] for k, v in batch.items()}
 
     def _fixed_batch(self) -> int | None:
         """The batch size every model input fixes (an exported static batch), if they agree."""
@@ -172,13 +386,13 @@ class CalibrationData:
             return
         count = samples = 0
         for i, raw in enumerate(self._factory()):
-            batch = self._check(raw, i)
-            n = len(next(iter(batch.values())))
-            if n == 0:
-                continue
-            count += 1
-            samples += n
-            yield batch
+            for batch in self._chunks(self._checked(raw, i)):
+                n = len(next(iter(batch.values())))
+                if n == 0:
+                    continue
+                count += 1
+                samples += n
+                yield batch
         self._finish(count, samples)
 
     def _iter_one_shot(self) -> Iterator[dict[str, np.ndarray]]:
@@ -186,11 +400,12 @@ class CalibrationData:
         yield from list(self._cache)
         if self._one_shot is not None:
             for raw in self._one_shot:
-                batch = self._check(raw, len(self._cache))
-                if len(next(iter(batch.values()))) == 0:
-                    continue
-                self._cache.append(batch)
-                yield batch
+                self._read += 1
+                for batch in self._chunks(self._checked(raw, self._read - 1)):
+                    if len(next(iter(batch.values()))) == 0:
+                        continue
+                    self._cache.append(batch)
+                    yield batch
             self._one_shot = None
         self._finish(len(self._cache), sum(len(next(iter(b.values()))) for b in self._cache))
 
@@ -224,8 +439,11 @@ def load_calibration_source(
     * a folder of ``.npy`` files: either one file per input named ``<input>.npy``, or (single
       input) any number of files, each one batch (first axis = samples) or one sample (rank one
       less than the input's, when the rank is known), read in sorted name order;
-    * ``package.module:function``: the function is called with no argument and must return an
-      iterable of batches.
+    * ``package.module:function``: the function is called with no argument (once per pass)
+      and must return an iterable of batches (an array or dict it returns is one batch); the
+      module is looked up in the current folder first.  Any failure -- the module missing or
+      raising on import, the function missing, raising or returning no iterable, the iteration
+      raising -- is a :class:`CalibrationSourceError` naming the source.
 
     Arrays are loaded with ``allow_pickle=False``.
     """
@@ -262,23 +480,81 @@ def load_calibration_source(
 
         return batches
     if ":" in spec and not path.exists():
-        mod_name, _, func_name = spec.partition(":")
-        sys.path.insert(0, str(Path.cwd()))
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as exc:
-            raise CalibrationError(
-                f"calibration source {spec!r}: cannot import {mod_name!r} ({exc})"
-            ) from None
-        finally:
-            sys.path.pop(0)
-        fn = getattr(module, func_name, None)
-        if not callable(fn):
-            raise CalibrationError(
-                f"calibration source {spec!r}: {mod_name} has no function {func_name!r}"
-            )
-        return fn
+        return _user_function(spec)
     raise CalibrationError(
         f"calibration source {spec!r}: not an existing .npz file, a folder of .npy files, "
         "or module:function"
     )
+
+
+def _user_function(spec: str) -> Callable[[], Iterator[Any]]:
+    """``module:function`` as a batch factory whose every failure -- importing, calling,
+    iterating -- is a :class:`CalibrationSourceError` naming ``spec`` (the user's exception is
+    its ``__cause__``)."""
+    mod_name, _, func_name = spec.partition(":")
+    if not mod_name or not func_name.isidentifier():
+        raise CalibrationSourceError(
+            spec, "give module:function, e.g. mydata:batches (a module in the current folder or "
+            "on sys.path, and a function of it taking no argument)"
+        )  # fmt: skip
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(mod_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (mod_name + ".").startswith(exc.name + "."):
+            raise CalibrationSourceError(
+                spec, f"no module named {exc.name!r} in the current folder or on sys.path"
+            ) from exc
+        raise CalibrationSourceError(spec, f"importing module {mod_name!r}", exc) from exc
+    except (Exception, SystemExit) as exc:
+        raise CalibrationSourceError(spec, f"importing module {mod_name!r}", exc) from exc
+    finally:
+        sys.path.pop(0)
+    fn = getattr(module, func_name, None)
+    if fn is None:
+        names = [
+            n
+            for n, v in sorted(vars(module).items())
+            if callable(v) and not n.startswith("_") and getattr(v, "__module__", "") == mod_name
+        ][:10]
+        raise CalibrationSourceError(
+            spec, f"module {mod_name!r} has no function {func_name!r}"
+            + (f"; its functions: {', '.join(names)}" if names else "")
+        )  # fmt: skip
+    if not callable(fn):
+        raise CalibrationSourceError(
+            spec, f"{mod_name}.{func_name} is an object of type {type(fn).__name__}, not a function"
+        )
+
+    def batches() -> Iterator[Any]:
+        try:
+            made = fn()
+        except Exception as exc:
+            raise CalibrationSourceError(spec, f"calling {spec}()", exc) from exc
+        if isinstance(made, (str, bytes)) or not isinstance(made, Iterable):
+            raise CalibrationSourceError(
+                spec, f"{spec}() returned an object of type {type(made).__name__}; it must return "
+                "an iterable of batches (a list, or a generator yielding a dict of arrays per "
+                "batch)"
+            )  # fmt: skip
+        if isinstance(made, (np.ndarray, Mapping)):
+            yield made
+            return
+        try:
+            it = iter(made)
+        except Exception as exc:
+            raise CalibrationSourceError(spec, f"iter() on what {spec}() returned", exc) from exc
+        read = 0
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise CalibrationSourceError(
+                    spec, f"iterating over what {spec}() returned (after {read} batch(es))", exc
+                ) from exc
+            read += 1
+            yield batch
+
+    return batches

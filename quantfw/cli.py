@@ -39,7 +39,22 @@ def _registry():
 
 
 def _fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc)) from exc
+    """Report a user's mistake as one line, in command-line terms; where the user's own code
+    failed (a ``--calib module:function``), its traceback goes to stderr under ``--verbose``."""
+    from .errors import QuantfwError
+
+    if not isinstance(exc, QuantfwError):
+        raise click.ClickException(str(exc)) from exc
+    message = exc.cli_message()
+    if exc.show_cause and exc.__cause__ is not None:
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and (ctx.find_root().obj or {}).get("verbose"):
+            import traceback
+
+            click.echo("".join(traceback.format_exception(exc.__cause__)).rstrip(), err=True)
+        else:
+            message += " (run with --verbose for the traceback)"
+    raise click.ClickException(message) from exc
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -149,7 +164,13 @@ def cli(ctx: click.Context, disabled: tuple[str, ...], quiet: bool, verbose: boo
     metavar="KEY=VALUE",
     help="Option for the backend (repeatable), e.g. fmt=qoperator for ONNX Runtime.",
 )
-@click.option("--batch-size", default=32, show_default=True, help="Calibration batch size.")
+@click.option(
+    "--batch-size",
+    default=32,
+    show_default=True,
+    help="Calibration samples per model run; batches over the activation memory budget "
+    "(QUANTFW_CALIB_MEMORY, default 2GiB) run in chunks.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def quantize(
@@ -173,9 +194,17 @@ def quantize(
     """Quantize MODEL for a target and write its recipe and artifact."""
     from .calibration import CalibrationFile
     from .fileio import check_not_input
+    from .outputs import check_output_path
     from .pipeline import quantize as run
+    from .recipe import Recipe
 
     try:
+        # before any work: the outputs can be written where they were asked for
+        if output is not None:
+            check_output_path(output, "output (-o)")
+        if recipe_out is not None:
+            for path in Recipe.paths(recipe_out):
+                check_output_path(path, "recipe (--recipe-out)")
         overrides: dict[str, Any] = {}
         if overrides_file is not None:
             overrides = json.loads(overrides_file.read_text(encoding="utf-8"))

@@ -12,7 +12,18 @@ __all__ = ["QuantfwError", "UnavailableError"]
 
 
 class QuantfwError(Exception):
-    """A problem with the user's input, options, files or installation (not a bug)."""
+    """A problem with the user's input, options, files or installation (not a bug).
+
+    :ivar show_cause: the ``__cause__`` is the user's own code failing (a calibration function):
+        the command line prints its traceback under ``--verbose`` and says so otherwise.
+    """
+
+    show_cause = False
+
+    def cli_message(self) -> str:
+        """The message in command-line terms (``--calib``, ``--dynamic``) where it would name
+        Python arguments; by default the message itself."""
+        return str(self)
 
 
 class UnavailableError(QuantfwError, RuntimeError):

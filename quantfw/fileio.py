@@ -33,7 +33,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     rename, so that readers never see a half-written file and a crash leaves the old file."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:  # name the file the user asked for, not the temporary one
+        raise type(exc)(exc.errno, f"cannot write {str(target)!r}: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -134,6 +134,8 @@ class QuantGraph:
     :param forms: the model this graph describes in each format whose tensor names the graph
         uses (``{"onnx": prepared ModelProto}``): what a backend lowering that format receives
         (:meth:`quantfw.plugins.Registry.model_in`).  Set by the frontend; never serialized.
+    :param input_dtypes: the element type each input is declared with, as a numpy dtype name
+        (``"float32"``, ``"int64"``), where known: calibration data is checked against it.
     """
 
     nodes: list[Node]
@@ -144,6 +146,7 @@ class QuantGraph:
     input_shapes: dict[str, tuple[int | None, ...]] = field(default_factory=dict)
     source: Any = field(default=None, repr=False, compare=False)
     forms: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    input_dtypes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()

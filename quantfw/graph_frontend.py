@@ -48,6 +48,7 @@ class GraphFrontend:
             name=graph.name,
             input_shapes=dict(graph.input_shapes),
             forms=dict(graph.forms),
+            input_dtypes=dict(graph.input_dtypes),
         )
 
     def collect(

@@ -42,6 +42,7 @@ def save_graph(graph: QuantGraph, path: str | os.PathLike[str]) -> Path:
         "inputs": graph.inputs,
         "outputs": graph.outputs,
         "input_shapes": {k: list(v) for k, v in graph.input_shapes.items()},
+        "input_dtypes": dict(graph.input_dtypes),
         "nodes": [
             {
                 "name": n.name,
@@ -105,6 +106,7 @@ def load_graph(path: str | os.PathLike[str]) -> QuantGraph:
             initializers=inits,
             name=doc.get("name", p.stem),
             input_shapes={k: tuple(v) for k, v in doc.get("input_shapes", {}).items()},
+            input_dtypes=dict(doc.get("input_dtypes", {})),
         )
     except (KeyError, GraphError, ValueError) as exc:
         raise ValueError(f"{p}: invalid graph ({exc})") from None

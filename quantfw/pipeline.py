@@ -17,7 +17,7 @@ from .api.components import STAGE_ORDER, AlgorithmInfo, BackendInfo, Stage
 from .api.context import Algorithm, StageContext
 from .api.data import Artifact
 from .api.formats import install_hint_for
-from .api.protocols import AdaptsCalibration, Backend, BindsInputs
+from .api.protocols import AdaptsCalibration, Backend, BindsInputs, EstimatesActivations
 from .api.result import QuantizationResult
 from .calibration import CalibrationData
 from .errors import UnavailableError
@@ -159,7 +159,9 @@ def quantize(
     :param backend: force a backend by name (one of the target's backends).
     :param backend_options: passed to the backend's factory (e.g. ``{"fmt": "qoperator"}`` for
         the ONNX Runtime backend).
-    :param batch_size: samples per batch when calibration data is given as whole arrays.
+    :param batch_size: samples per batch when calibration data is given as whole arrays;
+        batches whose activations exceed ``QUANTFW_CALIB_MEMORY`` (default 2 GiB) run in chunks
+        (see :mod:`quantfw.calibration`).
     :param registry: a plugin registry (default: the process-wide one).
     :param progress: show progress bars on stderr.
     :param options: free-form options the algorithms read (``StageContext.options``; ``engine``
@@ -210,11 +212,14 @@ def quantize(
             inputs=[model] if isinstance(model, (str, Path)) else [],
         )  # fmt: skip
 
-        calib = (
-            None
-            if calibration_data is None
-            else CalibrationData(calibration_data, graph, batch_size)
-        )
+        calib = None
+        if calibration_data is not None:
+            sample_bytes = (
+                fe.activation_bytes(model_obj, graph)
+                if isinstance(fe, EstimatesActivations)
+                else None
+            )
+            calib = CalibrationData(calibration_data, graph, batch_size, sample_bytes=sample_bytes)
         recipe = Recipe(target=target_spec.name, decisions=[d.to_dict() for d in qplan.decisions])
         ctx = StageContext(
             model=model_obj,
@@ -350,6 +355,7 @@ def choose_lowering(
     when ``output`` is given.  Called before any work, so a bad option fails at once.
 
     :raises ValueError: an unknown backend, options it rejects, ``output`` naming an input file.
+    :raises OSError: :class:`~quantfw.outputs.OutputPathError` when ``output`` cannot be written.
     :raises UnavailableError: ``output`` given but no backend usable here.
     """
     backends = registry.backends_for(target_spec)
@@ -366,14 +372,19 @@ def choose_lowering(
     note = _backend_note(registry, target_spec, backends, usable)
     if output is None:
         if usable:
-            note = f"backend {usable[0].name} available; pass output= to write the artifact"
+            note = (
+                f"backend {usable[0].name} available; give an output (output=, or -o on the "
+                "command line) to write the artifact"
+            )
         return Lowering(target_spec, None, usable[0] if usable else None, None, note, registry)
     if not usable:
         raise UnavailableError(f"cannot write {output}: {note}")
     from .fileio import check_not_input
+    from .outputs import check_output_path
 
     if inputs:
         check_not_input(output, list(inputs))
+    check_output_path(output)
     info = usable[0]
     try:
         built = info.factory(**dict(backend_options or {}))

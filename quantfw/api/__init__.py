@@ -40,6 +40,7 @@ from .protocols import (
     Backend,
     BindsInputs,
     Converter,
+    EstimatesActivations,
     Frontend,
     SupportsQAT,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "Engine",
     "EngineFactory",
     "EngineInfo",
+    "EstimatesActivations",
     "Frontend",
     "FrontendInfo",
     "LayerHost",

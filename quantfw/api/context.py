@@ -157,17 +157,14 @@ class StageContext:
         :param quantized: run the model with the recipe so far applied as fake quantization
             (each tensor as its producer computed it, before its own quantizer); by default the
             float model (with :meth:`set_weight` rewrites) runs.
-        :raises ValueError: when no calibration data was given (so does reading a layer or
+        :raises ValueError: :class:`~quantfw.calibration.CalibrationRequiredError` when no
+            calibration data was given (so does reading a layer or
             block problem's inputs).
         """
         if self.calibration is None:
-            raise ValueError(
-                "this quantization runs the model, which needs calibration data: pass "
-                "calibration_data (or --calib).  Static activation ranges need it (quantize "
-                "activations dynamically instead, overrides={'dynamic': True}, where the target "
-                "allows it), and so do algorithms that read activations (SmoothQuant, "
-                "layer-wise methods; skip SmoothQuant with algorithms=['none'])"
-            )
+            from ..calibration import CalibrationRequiredError
+
+            raise CalibrationRequiredError()
         done = 0
         wanted = list(tensors)
         asked = set(wanted)

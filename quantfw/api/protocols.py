@@ -3,8 +3,8 @@
 Required protocols: :class:`Frontend`, :class:`Backend`, :class:`Converter` (with
 :class:`~quantfw.api.context.Algorithm` beside the stage context it runs in, and
 :class:`~quantfw.api.engines.Engine`).  A frontend may also implement any of the capability
-protocols :class:`BindsInputs`, :class:`AdaptsCalibration`, :class:`SupportsQAT` and
-:class:`~quantfw.api.blocks.ProvidesBlocks`; the pipeline
+protocols :class:`BindsInputs`, :class:`AdaptsCalibration`, :class:`EstimatesActivations`,
+:class:`SupportsQAT` and :class:`~quantfw.api.blocks.ProvidesBlocks`; the pipeline
 uses a capability exactly when the object is an instance of its (runtime-checkable) protocol, and
 :func:`quantfw.plugins.check_plugin` (``deep=True``) checks the methods' signatures against these
 declarations.  The docstrings here are the contract.
@@ -33,6 +33,7 @@ __all__ = [
     "Converter",
     "BindsInputs",
     "AdaptsCalibration",
+    "EstimatesActivations",
     "SupportsQAT",
     "CAPABILITIES",
 ]
@@ -161,6 +162,16 @@ class AdaptsCalibration(Protocol):
 
 
 @runtime_checkable
+class EstimatesActivations(Protocol):
+    """A frontend that can tell how much memory a calibration batch's activations take, so
+    that batches over the budget are cut (:mod:`quantfw.calibration`)."""
+
+    def activation_bytes(self, model: object, graph: QuantGraph) -> int | None:
+        """Bytes of the activations one sample makes while ``collect`` runs (every float
+        tensor the model computes, per sample of the batch axis), or ``None`` when unknown."""
+
+
+@runtime_checkable
 class SupportsQAT(Protocol):
     """A frontend that can train a model quantization-aware (:mod:`quantfw.qat`)."""
 
@@ -177,6 +188,7 @@ class SupportsQAT(Protocol):
 CAPABILITIES: dict[str, type] = {
     "bind": BindsInputs,
     "calibration_source": AdaptsCalibration,
+    "activation_bytes": EstimatesActivations,
     "qat": SupportsQAT,
     "blocks": ProvidesBlocks,
 }

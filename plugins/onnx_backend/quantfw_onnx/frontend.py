@@ -146,6 +146,13 @@ class OnnxFrontend:
         run.model = qdq  # type: ignore[attr-defined]  # the QDQ model, for inspection
         return run
 
+    # -- EstimatesActivations ------------------------------------------------------------------
+    def activation_bytes(self, model: object, graph: QuantGraph) -> int | None:
+        """See :func:`quantfw_onnx.memory.activation_bytes` (the prepared model's shapes)."""
+        from .memory import activation_bytes
+
+        return activation_bytes(self._source(model, graph))
+
     # -- helpers -------------------------------------------------------------------------------
     def prepared(self, model: onnx.ModelProto) -> onnx.ModelProto:
         """The prepared form of a caller's ModelProto: a prepared copy, or the model itself

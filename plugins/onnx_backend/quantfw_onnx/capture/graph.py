@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import helper
 
 from quantfw.graph import Node, QuantGraph
 
@@ -59,6 +61,14 @@ def _graph(v: GraphView, name: str) -> QuantGraph:
             nodes.append(_map_node(v, n))
     inputs = [i.name for i in v.g.input if i.name not in v.init_protos]
     input_shapes = {k: v.shapes[k] for k in inputs if k in v.shapes}
+    input_dtypes = {}
+    for i in v.g.input:
+        elem = i.type.tensor_type.elem_type if i.type.HasField("tensor_type") else 0
+        if i.name in inputs and elem:
+            try:
+                input_dtypes[i.name] = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
+            except (KeyError, TypeError, ValueError):  # a type numpy has no name for
+                pass
     outputs = [o.name for o in v.g.output]
     for o in outputs:
         if o in v.init_protos and o not in v.producer:
@@ -74,6 +84,7 @@ def _graph(v: GraphView, name: str) -> QuantGraph:
         name=name,
         input_shapes=input_shapes,
         forms={"onnx": v.model},
+        input_dtypes=input_dtypes,
     )
 
 
