@@ -24,7 +24,7 @@ import numpy as np
 
 from quantfw.api import Artifact, Batch
 from quantfw.errors import UnavailableError
-from quantfw.fileio import atomic_write_bytes, check_not_input
+from quantfw.fileio import atomic_write_bytes, check_not_input, publish
 from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 from quantfw.target import TargetSpec
@@ -209,7 +209,8 @@ class OnnxRuntimeBackend:
     @staticmethod
     def _write_external(qmodel: Any, output: Path) -> Path:
         """Save a model above protobuf's 2 GiB limit as ``output`` + ``output.data``, each
-        moved into place only after the whole pair was written and checked."""
+        moved into place only after the whole pair was written and checked (with the modes of
+        :func:`quantfw.fileio.output_mode`)."""
         import onnx
 
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -225,8 +226,8 @@ class OnnxRuntimeBackend:
                 size_threshold=1024,
             )
             onnx.checker.check_model(str(tmp / output.name), full_check=True)
-            os.replace(tmp / data_name, output.parent / data_name)
-            os.replace(tmp / output.name, output)
+            publish(tmp / data_name, output.parent / data_name)
+            publish(tmp / output.name, output)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return output.parent / data_name
