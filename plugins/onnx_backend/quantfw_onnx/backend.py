@@ -30,7 +30,7 @@ from quantfw.recipe import Recipe
 from quantfw.target import TargetSpec
 
 from .avx2 import PAIR_LIMIT, max_kernel_pair_sum
-from .cpu import cpu_vnni
+from .cpu import cpu_vnni, saturation_warning
 from .opset import default_opset
 
 __all__ = [
@@ -203,6 +203,8 @@ class OnnxRuntimeBackend:
             "external_data": None if external is None else str(external),
             "runtime": "onnxruntime (CPUExecutionProvider)",
         }
+        warning = saturation_warning(output, metadata)
+        metadata["host_warnings"] = [warning] if warning else []
         name = target.name if target is not None else recipe.target
         return Artifact(path=output, target=name, format="onnx", metadata=metadata)
 
