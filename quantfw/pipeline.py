@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
@@ -31,6 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .plugins.registry import Registry
     from .progress import Reporter
     from .target import TargetSpec
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "quantize",
@@ -334,11 +337,44 @@ class Lowering:
         name = self.info.name
         with reporter.stage("lower", name, ctx) if reporter is not None else nullcontext():
             artifact = self.backend.lower(source, graph, recipe, self.output, target=self.target)
+        warnings = host_warnings(self.target, artifact, name)
+        artifact.metadata["host_warnings"] = warnings
+        for w in warnings:
+            log.warning("%s", w)
         return (
             artifact,
             f"{name} wrote {artifact.path}",
             {f"lower:{name}": time.perf_counter() - t0},
         )
+
+
+def host_warnings(
+    target: TargetSpec,
+    artifact: Artifact,
+    backend: str,
+    cpu_flags: Iterable[str] | None = None,
+    gpu: bool | None = None,
+) -> list[str]:
+    """What running ``artifact`` here, with ``backend`` (usable here: it wrote it), would get
+    wrong because this machine is not a ``target`` machine.
+
+    The backend's own account wins where it gave one (``artifact.metadata["host_warnings"]``,
+    e.g. the ONNX Runtime backend's: only an x86-vnni artifact whose weights would saturate
+    without VNNI); otherwise one warning when the machine lacks what the target's
+    ``[requires]`` names.  ``cpu_flags`` and ``gpu`` stand for this machine's (see
+    :meth:`TargetSpec.availability <quantfw.target.TargetSpec.availability>`).
+    """
+    given = artifact.metadata.get("host_warnings")
+    if given is not None:
+        return [str(w) for w in given]
+    ok, why = target.availability(cpu_flags=cpu_flags, gpu=gpu)
+    if ok:
+        return []
+    return [
+        f"{artifact.path} is for another machine: {why}, which this one lacks; {backend} runs "
+        "here but not as on the target (wrong numbers, other kernels or a failure), so test "
+        "and deploy it on a machine of that target"
+    ]
 
 
 def choose_lowering(

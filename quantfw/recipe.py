@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .fileio import atomic_write_bytes, atomic_write_text
+from .recipe_file import RecipeError, RecipeReader, arrays_digest
 from .spec import QuantParams, QuantSpec
 
 __all__ = ["SCHEMA_VERSION", "Recipe", "TensorRecipe", "Equalization", "RecipeError"]
@@ -26,10 +27,6 @@ __all__ = ["SCHEMA_VERSION", "Recipe", "TensorRecipe", "Equalization", "RecipeEr
 SCHEMA_VERSION = 2
 
 _ROLES = ("activation", "weight", "bias")
-
-
-class RecipeError(ValueError):
-    """A recipe file that cannot be read (missing arrays, newer schema, bad JSON…)."""
 
 
 @dataclass
@@ -242,106 +239,112 @@ class Recipe:
         return doc, arrays
 
     def save(self, path: str | os.PathLike[str]) -> tuple[Path, Path]:
-        """Write ``<path>.json`` and ``<path>.safetensors`` atomically; returns both paths."""
+        """Write ``<path>.json`` and ``<path>.safetensors`` atomically; returns both paths.
+
+        The JSON records the arrays file's name and SHA-256, so that :meth:`load` can tell
+        whether a ``.safetensors`` file next to it is the one written with it."""
         from safetensors.numpy import save as st_save
 
         json_path, arrays_path = self.paths(path)
         doc, arrays = self.to_json_dict()
-        doc["arrays_file"] = arrays_path.name
         payload = st_save(arrays, metadata={"format": "quantfw-recipe"}) if arrays else b""
+        doc["arrays_file"] = arrays_path.name
+        doc["arrays_sha256"] = arrays_digest(payload)
         atomic_write_bytes(arrays_path, payload)
         atomic_write_text(json_path, json.dumps(doc, indent=1, sort_keys=False) + "\n")
         return json_path, arrays_path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Recipe:
-        """Read a recipe written by :meth:`save`.
+        """Read a recipe written by :meth:`save`: ``NAME.json`` and, next to it,
+        ``NAME.safetensors`` (or the arrays file's name as saved, when only the JSON was
+        renamed).  Every field and array is checked (:mod:`quantfw.recipe_file`).
 
-        :raises RecipeError: naming the file and what is wrong.
+        :raises RecipeError: naming the file, the field and what is wrong.
         """
-        from safetensors.numpy import load as st_load
-
         json_path, arrays_path = cls.paths(path)
         try:
             doc = json.loads(json_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RecipeError(f"recipe file {str(json_path)!r} does not exist") from None
+        except IsADirectoryError:
+            raise RecipeError(f"{json_path} is a folder, not a recipe JSON file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RecipeError(f"{json_path}: not a valid recipe JSON file ({exc})") from None
         if not isinstance(doc, dict) or doc.get("format") != "quantfw-recipe":
             raise RecipeError(f"{json_path}: not a quantfw recipe (missing format marker)")
         version = doc.get("schema_version")
-        if not isinstance(version, int):
-            raise RecipeError(f"{json_path}: schema_version missing or not an integer")
+        supported = f"this quantfw reads versions 1 to {SCHEMA_VERSION}"
+        if version is None:
+            raise RecipeError(f"{json_path}: schema_version is missing; {supported}")
+        if type(version) is not int or version < 1:  # bool is an int to Python, not here
+            shown = json.dumps(version)
+            raise RecipeError(
+                f"{json_path}: schema_version {shown} is not a recipe schema version (a positive "
+                f"integer); {supported}"
+            )
         if version > SCHEMA_VERSION:
             raise RecipeError(
                 f"{json_path} was written with recipe schema version {version}, but this quantfw "
                 f"reads versions up to {SCHEMA_VERSION}: upgrade quantfw to load it"
             )
-        if doc.get("arrays_file"):
-            arrays_path = json_path.with_name(doc["arrays_file"])
-        try:
-            raw = arrays_path.read_bytes()
-        except FileNotFoundError:
-            raise RecipeError(
-                f"{json_path}: its arrays file {str(arrays_path)!r} is missing; keep the .json "
-                "and .safetensors files together"
-            ) from None
-        try:
-            arrays = st_load(raw) if raw else {}
-        except Exception as exc:  # safetensors raises its own error types
-            raise RecipeError(f"{arrays_path}: unreadable safetensors file ({exc})") from None
-
-        def array(key: str) -> np.ndarray:
-            try:
-                return arrays[key]
-            except KeyError:
-                raise RecipeError(f"{arrays_path}: array {key!r} is missing") from None
-
+        r = RecipeReader(doc, json_path, arrays_path)
+        decisions = r.field(doc, "decisions", list, "", [])
+        for i, d in enumerate(decisions):
+            if not isinstance(d, dict):
+                raise r.error(f"decisions[{i}]", "is not a JSON object")
         recipe = cls(
-            target=doc.get("target", ""),
-            decisions=list(doc.get("decisions", [])),
-            provenance=dict(doc.get("provenance", {})),
+            target=r.field(doc, "target", str, "", ""),
+            decisions=list(decisions),
+            provenance=dict(r.field(doc, "provenance", dict, "", {})),
         )
         try:
-            for name, entry in doc.get("tensors", {}).items():
-                spec = QuantSpec.from_dict(entry["spec"], where=f"{json_path}: tensors.{name}.spec")
-                params = None
-                if "scale" in entry:
-                    params = QuantParams(array(entry["scale"]), array(entry["zero_point"]))
-                recipe.add(
-                    TensorRecipe(
-                        name=name,
-                        role=entry["role"],
-                        spec=spec,
-                        params=params,
-                        node=entry.get("node"),
-                        shape=tuple(entry["shape"]) if "shape" in entry else None,
-                        share_group=entry.get("share_group"),
-                        consumers=entry.get("consumers"),
-                    )
+            for name, where, entry in r.entries("tensors"):
+                spec = r.spec(entry, where)
+                shape = r.shape(entry, "shape", where)
+                t = TensorRecipe(
+                    name=name,
+                    role=r.field(entry, "role", str, where),
+                    spec=spec,
+                    params=r.params(entry, where, spec, shape)
+                    if "scale" in entry or "zero_point" in entry
+                    else None,
+                    node=r.field(entry, "node", str, where, None),
+                    shape=None if shape is None else tuple(shape),
+                    share_group=r.field(entry, "share_group", str, where, None),
+                    consumers=r.names(entry, "consumers", where),
                 )
+                recipe.add(t)
                 if "smooth" in entry:  # schema 1: SmoothQuant's factors lived on the tensor
+                    smooth = r.array(entry, "smooth", where, "f", "floating-point factors")
                     recipe.equalizations[name] = Equalization(
-                        name, array(entry["smooth"]), entry.get("consumers") or (), "smoothquant"
+                        name, smooth, t.consumers or (), "smoothquant"
                     )
-            for name, entry in doc.get("equalizations", {}).items():
+            for name, where, entry in r.entries("equalizations"):
                 recipe.equalizations[name] = Equalization(
-                    name, array(entry["scale"]), entry["consumers"], entry.get("source", "")
+                    name,
+                    r.array(entry, "scale", where, "f", "floating-point factors"),
+                    r.names(entry, "consumers", where, required=True),
+                    r.field(entry, "source", str, where, ""),
                 )
-            for name, entry in doc.get("weights", {}).items():
-                w = array(entry["array"])
-                if list(w.shape) != list(entry["shape"]):
+            for name, where, entry in r.entries("weights"):
+                w = r.array(entry, "array", where, "fiu", "a numeric array")
+                shape = r.shape(entry, "shape", where, required=True)
+                if list(w.shape) != shape:
                     raise RecipeError(
                         f"{json_path}: weight {name!r} has shape {list(w.shape)} in the arrays "
-                        f"file but {entry['shape']} in the JSON"
+                        f"file {r.arrays_path.name} but {shape} in the JSON"
+                    )
+                dtype = r.field(entry, "dtype", str, where, None)
+                if dtype is not None and str(w.dtype) != dtype:
+                    raise RecipeError(
+                        f"{json_path}: weight {name!r} is {w.dtype} in the arrays file "
+                        f"{r.arrays_path.name} but {dtype} in the JSON"
                     )
                 recipe.weights[name] = w
             recipe.check()
-        except KeyError as exc:
-            raise RecipeError(f"{json_path}: missing key {exc}") from None
-        except ValueError as exc:
-            if isinstance(exc, RecipeError):
+        except RecipeError as exc:
+            if str(exc).startswith((str(json_path), str(r.arrays_path))):
                 raise
             raise RecipeError(f"{json_path}: {exc}") from None
         return recipe

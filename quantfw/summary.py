@@ -26,7 +26,9 @@ class Summary:
     :ivar calibration_samples: samples seen by the calibrate stage (``None``: no data).
     :ivar timings: ``"stage:algorithm"`` → seconds.
     :ivar backend: what the backend did, or why there is no artifact.
-    :ivar warnings: from planning (e.g. an override pattern that matched nothing).
+    :ivar warnings: from planning (e.g. an override pattern that matched nothing), then what
+        running the artifact on this machine would get wrong (``host_warnings`` of its
+        metadata, see :func:`quantfw.pipeline.host_warnings`).
     """
 
     target: str
@@ -100,7 +102,8 @@ class Summary:
             timings=timings,
             backend=backend_note,
             artifact=None if artifact is None else str(artifact.path),
-            warnings=list(plan.warnings),
+            warnings=list(plan.warnings)
+            + ([] if artifact is None else list(artifact.metadata.get("host_warnings", []))),
             total_seconds=total_seconds,
         )
 

@@ -22,7 +22,10 @@ class Artifact:
     :param path: the artifact file.
     :param target: the target name it was lowered for.
     :param format: its file format (a :class:`BackendInfo` ``artifact_format``).
-    :param metadata: backend-specific facts (opset, op counts, file size, runtime …).
+    :param metadata: backend-specific facts (opset, op counts, file size, runtime …).  A
+        backend that knows what running the artifact on this machine would get wrong lists it
+        under ``host_warnings`` (an empty list: nothing); the pipeline adds them to the
+        summary's warnings and logs them.
     """
 
     path: Path

@@ -24,13 +24,13 @@ import numpy as np
 
 from quantfw.api import Artifact, Batch
 from quantfw.errors import UnavailableError
-from quantfw.fileio import atomic_write_bytes, check_not_input
+from quantfw.fileio import atomic_write_bytes, check_not_input, publish
 from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 from quantfw.target import TargetSpec
 
 from .avx2 import PAIR_LIMIT, max_kernel_pair_sum
-from .cpu import cpu_vnni
+from .cpu import cpu_vnni, saturation_warning
 from .opset import default_opset
 
 __all__ = [
@@ -203,13 +203,16 @@ class OnnxRuntimeBackend:
             "external_data": None if external is None else str(external),
             "runtime": "onnxruntime (CPUExecutionProvider)",
         }
+        warning = saturation_warning(output, metadata)
+        metadata["host_warnings"] = [warning] if warning else []
         name = target.name if target is not None else recipe.target
         return Artifact(path=output, target=name, format="onnx", metadata=metadata)
 
     @staticmethod
     def _write_external(qmodel: Any, output: Path) -> Path:
         """Save a model above protobuf's 2 GiB limit as ``output`` + ``output.data``, each
-        moved into place only after the whole pair was written and checked."""
+        moved into place only after the whole pair was written and checked (with the modes of
+        :func:`quantfw.fileio.output_mode`)."""
         import onnx
 
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -225,8 +228,8 @@ class OnnxRuntimeBackend:
                 size_threshold=1024,
             )
             onnx.checker.check_model(str(tmp / output.name), full_check=True)
-            os.replace(tmp / data_name, output.parent / data_name)
-            os.replace(tmp / output.name, output)
+            publish(tmp / data_name, output.parent / data_name)
+            publish(tmp / output.name, output)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return output.parent / data_name

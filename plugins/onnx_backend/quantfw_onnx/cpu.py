@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from quantfw.target import read_cpu_flags
 
-__all__ = ["VNNI_FLAGS", "X86Detection", "detect_x86", "cpu_vnni"]
+from .avx2 import PAIR_LIMIT
+
+__all__ = ["VNNI_FLAGS", "X86Detection", "detect_x86", "cpu_vnni", "saturation_warning"]
 
 #: CPU flags of the instructions that accumulate u8 x s8 products straight into int32.
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni")
@@ -70,3 +74,26 @@ def cpu_vnni(flags: frozenset[str] | None = None) -> tuple[bool, str]:
     if found:
         return True, ", ".join(found)
     return False, "avx2 without VNNI" if "avx2" in flags else "no avx2 and no VNNI"
+
+
+def saturation_warning(
+    path: str | os.PathLike[str],
+    metadata: Mapping[str, Any],
+    flags: frozenset[str] | None = None,
+) -> str | None:
+    """What running the artifact at ``path`` with ONNX Runtime on this CPU would get wrong, or
+    ``None``: a warning when its metadata says ``needs_vnni`` (8-bit weight pairs over the AVX2
+    kernel's limit) and :func:`cpu_vnni` finds no VNNI (``flags`` overrides ``/proc/cpuinfo``).
+    """
+    if not metadata.get("needs_vnni"):
+        return None
+    ok, found = cpu_vnni(flags)
+    if ok:
+        return None
+    return (
+        f"{os.fspath(path)} needs a CPU with VNNI and this one has {found}: its int8 weights' "
+        f"adjacent codes sum up to {metadata.get('max_pair_sum')} (over {PAIR_LIMIT}), so ONNX "
+        "Runtime on this machine would run its AVX2 kernel, which saturates in int16 and "
+        "silently returns wrong numbers; deploy it on a VNNI CPU, or quantize for target "
+        "'x86-avx2' (or 'x86', chosen from this CPU) to run it here"
+    )

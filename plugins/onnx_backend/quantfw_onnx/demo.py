@@ -74,16 +74,15 @@ def run(
     out_dir: Path, threads: int = 2, repeats: int = 5, seed: int = 0
 ) -> tuple[list[DemoRow], str]:
     """Train, quantize and measure; returns the rows and what was detected about the CPU."""
-    import onnx
-
     import quantfw
+    from quantfw.fileio import atomic_write_bytes
 
     from .samples import digits_cnn
 
     model, data = digits_cnn(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     float_path = out_dir / "digits_cnn.onnx"
-    onnx.save(model, str(float_path))
+    atomic_write_bytes(float_path, model.SerializeToString())
     target = quantfw.get_registry().target("x86")
 
     def accuracy(path: Path) -> float:
