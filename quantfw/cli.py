@@ -167,6 +167,7 @@ def cli(ctx: click.Context, disabled: tuple[str, ...], quiet: bool, verbose: boo
 @click.option(
     "--batch-size",
     default=32,
+    type=click.IntRange(min=1),
     show_default=True,
     help="Calibration samples per model run; batches over the activation memory budget "
     "(QUANTFW_CALIB_MEMORY, default 2GiB) run in chunks.",
@@ -237,7 +238,8 @@ def quantize(
             backend_options=_options(backend_options, "--backend-option"),
             batch_size=batch_size,
             registry=registry,
-            progress=not ctx.obj["quiet"] and not as_json,
+            # bars only on a terminal: a log file or CI output gets no carriage-return noise
+            progress=not ctx.obj["quiet"] and not as_json and sys.stderr.isatty(),
         )
         saved = result.recipe.save(recipe_out) if recipe_out is not None else None
     except _user_errors() as exc:

@@ -24,6 +24,7 @@ from .calibration import CalibrationData
 from .errors import UnavailableError
 from .graph import QuantGraph
 from .planner import Overrides, plan
+from .plugins.errors import options_error
 from .recipe import Recipe
 from .summary import Summary
 from .version import __version__
@@ -178,8 +179,9 @@ def quantize(
     from .progress import Reporter
 
     registry = registry if registry is not None else get_registry()
-    with using_registry(registry):  # plugins that need other components ask this one
-        reporter = Reporter(registry, enabled=progress)
+    # plugins that need other components ask this registry; the progress bars are cleared
+    # however the run ends, so an error message is not glued to a half-drawn bar
+    with using_registry(registry), Reporter(registry, enabled=progress) as reporter:
         t_start = time.perf_counter()
 
         target_spec = registry.target(target)
@@ -425,7 +427,9 @@ def choose_lowering(
     try:
         built = info.factory(**dict(backend_options or {}))
     except TypeError as exc:
-        raise ValueError(f"backend {info.name!r} rejected backend_options: {exc}") from None
+        raise options_error(
+            "backend", info.name, info.factory, dict(backend_options or {}), exc
+        ) from None
     return Lowering(target_spec, Path(output), info, built, note, registry)
 
 

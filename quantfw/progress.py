@@ -56,15 +56,22 @@ class Reporter:
 
             emit(stage, "started", algorithm, context=context, pm=self.pm)
         start = time.perf_counter()
-        yield timer
-        timer.elapsed = time.perf_counter() - start
-        for bar in self._bars.values():
-            bar.close()
-        self._bars.clear()
+        try:
+            yield timer
+        finally:
+            timer.elapsed = time.perf_counter() - start
+            self.close()
         if emit is not None:
             emit(stage, "finished", algorithm, elapsed=timer.elapsed, context=context, pm=self.pm)
 
     def close(self) -> None:
+        """Close (and clear) every open progress bar."""
         for bar in self._bars.values():
             bar.close()
         self._bars.clear()
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -28,7 +28,12 @@ from ..api.components import (
 )
 from ..api.formats import QGRAPH, install_hint_for
 from .conversions import ConversionError, describe_missing, find_path, run_path
-from .errors import PluginError, UnavailableComponentError, UnknownComponentError
+from .errors import (
+    PluginError,
+    UnavailableComponentError,
+    UnknownComponentError,
+    options_error,
+)
 from .hints import TARGET_EXTRAS, model_hint, plugin_hint
 from .reports import KINDS, ComponentStatus, Conflict, PluginReport
 
@@ -267,7 +272,7 @@ class Registry:
         try:
             return info.factory(**dict(options or {}))
         except TypeError as exc:
-            raise ValueError(f"frontend {name!r} rejected frontend_options: {exc}") from None
+            raise options_error("frontend", name, info.factory, dict(options or {}), exc) from None
 
     def frontend_object(self, name: str) -> Frontend:
         """A frontend ``name`` with default options, shared for questions such as ``accepts``
