@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from .arrayio import load_npy, load_npz
 from .graph import QuantGraph
 
 __all__ = ["CalibrationData", "CalibrationError", "CalibrationFile", "load_calibration_source"]
@@ -34,6 +35,12 @@ class CalibrationError(ValueError):
 
 
 def _split(arrays: Mapping[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    for k, v in arrays.items():
+        if np.ndim(v) == 0:
+            raise CalibrationError(
+                f"calibration input {k!r} is a single value (shape ()); give an array whose "
+                "first axis counts the samples"
+            )
     counts = {k: len(v) for k, v in arrays.items()}
     if len(set(counts.values())) > 1:
         raise CalibrationError(
@@ -62,8 +69,22 @@ class CalibrationData:
         self._cache: list[dict[str, np.ndarray]] | None = None
         self._one_shot: Iterator[Any] | None = None
         self._factory: Callable[[], Iterable[Any]]
+        #: the file or folder the data was read from, named in every error
+        self._origin = source.spec if isinstance(source, CalibrationFile) else None
         if source is None:
             raise CalibrationError("no calibration data given")
+        try:
+            self._init_source(source, graph, batch_size)
+        except CalibrationError as exc:
+            raise self._named(exc) from None
+
+    def _named(self, exc: CalibrationError) -> CalibrationError:
+        """``exc`` with the calibration file it concerns in front, when the data came from one."""
+        if self._origin is None or self._origin in str(exc):
+            return exc
+        return CalibrationError(f"{self._origin}: {exc}")
+
+    def _init_source(self, source: Any, graph: QuantGraph, batch_size: int) -> None:
         if isinstance(source, CalibrationFile):
             source = source.resolve(graph)
         fixed = self._fixed_batch()
@@ -116,6 +137,11 @@ class CalibrationData:
         out: dict[str, np.ndarray] = {}
         for name in self.input_names:
             v = np.asarray(batch[name])
+            if v.ndim == 0:
+                raise CalibrationError(
+                    f"calibration batch {index}, input {name!r}: a single value (shape ()); the "
+                    "first axis must count samples"
+                )
             if v.dtype.kind not in "fiub":
                 raise CalibrationError(
                     f"calibration batch {index}, input {name!r}: dtype {v.dtype} is not numeric"
@@ -167,6 +193,12 @@ class CalibrationData:
                 )
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        try:
+            yield from self._iter()
+        except CalibrationError as exc:
+            raise self._named(exc) from None
+
+    def _iter(self) -> Iterator[dict[str, np.ndarray]]:
         if self._cache is not None:
             yield from self._iter_one_shot()
             return
@@ -232,11 +264,7 @@ def load_calibration_source(
     input_ranks = dict(input_ranks or {})
     path = Path(spec)
     if path.suffix == ".npz" and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (ValueError, OSError) as exc:
-            raise CalibrationError(f"{path}: cannot read calibration archive ({exc})") from None
+        arrays = load_npz(path, CalibrationError)
         if len(arrays) == 1 and len(input_names) == 1:
             return {input_names[0]: next(iter(arrays.values()))}
         return arrays
@@ -246,7 +274,7 @@ def load_calibration_source(
             raise CalibrationError(f"{path}: folder holds no .npy files")
         stems = {f.stem: f for f in files}
         if set(input_names) <= set(stems):
-            return {n: np.load(stems[n], allow_pickle=False) for n in input_names}
+            return {n: load_npy(stems[n], CalibrationError) for n in input_names}
         if len(input_names) != 1:
             raise CalibrationError(
                 f"{path}: a model with inputs {list(input_names)} needs files named "
@@ -257,7 +285,7 @@ def load_calibration_source(
 
         def batches() -> Iterator[dict[str, np.ndarray]]:
             for f in files:
-                a = np.load(f, allow_pickle=False)
+                a = load_npy(f, CalibrationError)
                 yield {name: a[None] if rank is not None and a.ndim == rank - 1 else a}
 
         return batches

@@ -32,6 +32,16 @@ class RecipeError(ValueError):
     """A recipe file that cannot be read (missing arrays, newer schema, bad JSON…)."""
 
 
+def _arrays_file(json_path: Path, name: Any) -> Path:
+    """The arrays file a recipe's ``arrays_file`` names: a file name in the JSON file's folder."""
+    if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+        raise RecipeError(
+            f"{json_path}: arrays_file {name!r} is not a file name next to the recipe; it must "
+            "name the .safetensors file in the same folder (e.g. 'NAME.safetensors')"
+        )
+    return json_path.with_name(name)
+
+
 @dataclass
 class TensorRecipe:
     """Quantization of one tensor.
@@ -279,7 +289,7 @@ class Recipe:
                 f"reads versions up to {SCHEMA_VERSION}: upgrade quantfw to load it"
             )
         if doc.get("arrays_file"):
-            arrays_path = json_path.with_name(doc["arrays_file"])
+            arrays_path = _arrays_file(json_path, doc["arrays_file"])
         try:
             raw = arrays_path.read_bytes()
         except FileNotFoundError:
