@@ -42,6 +42,39 @@ def _arrays_file(json_path: Path, name: Any) -> Path:
     return json_path.with_name(name)
 
 
+def _check_sections(doc: dict[str, Any]) -> None:
+    """The JSON types of a recipe's top-level sections (their entries: :func:`_check_entry`)."""
+    for key, kind in (("provenance", dict), ("decisions", list)):
+        if not isinstance(doc.get(key, kind()), kind):
+            raise TypeError(f"{key!r} must be a JSON {'object' if kind is dict else 'array'}")
+    for key in ("tensors", "equalizations", "weights"):
+        section = doc.get(key, {})
+        if not isinstance(section, dict) or not all(isinstance(e, dict) for e in section.values()):
+            raise TypeError(f"{key!r} must be a JSON object of objects, one per tensor")
+    if not isinstance(doc.get("target", ""), str):
+        raise TypeError("'target' must be a string")
+
+
+def _check_entry(entry: dict[str, Any], strings: tuple[str, ...], names: tuple[str, ...]) -> None:
+    """Fields of one entry that must be strings (or null) or lists of names (or null); array
+    keys (``scale``, ``zero_point``, ``smooth``, ``array``) must be strings."""
+    for key in (*strings, "scale", "zero_point", "smooth", "array", "role"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise TypeError(f"{key!r} must be a string, not {entry[key]!r:.60}")
+    for key in names:
+        v = entry.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(i, str) for i in v)):
+            raise TypeError(f"{key!r} must be a list of node names, not {v!r:.60}")
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value
+    ):
+        raise TypeError(f"'shape' must be a list of non-negative integers, not {value!r:.60}")
+    return tuple(value)
+
+
 @dataclass
 class TensorRecipe:
     """Quantization of one tensor.
@@ -308,13 +341,17 @@ class Recipe:
             except KeyError:
                 raise RecipeError(f"{arrays_path}: array {key!r} is missing") from None
 
-        recipe = cls(
-            target=doc.get("target", ""),
-            decisions=list(doc.get("decisions", [])),
-            provenance=dict(doc.get("provenance", {})),
-        )
+        where = "top level"
         try:
+            _check_sections(doc)
+            recipe = cls(
+                target=doc.get("target", ""),
+                decisions=list(doc.get("decisions", [])),
+                provenance=dict(doc.get("provenance", {})),
+            )
             for name, entry in doc.get("tensors", {}).items():
+                where = f"tensors.{name}"
+                _check_entry(entry, ("node", "share_group"), ("consumers",))
                 spec = QuantSpec.from_dict(entry["spec"], where=f"{json_path}: tensors.{name}.spec")
                 params = None
                 if "scale" in entry:
@@ -326,7 +363,7 @@ class Recipe:
                         spec=spec,
                         params=params,
                         node=entry.get("node"),
-                        shape=tuple(entry["shape"]) if "shape" in entry else None,
+                        shape=_shape(entry["shape"]) if "shape" in entry else None,
                         share_group=entry.get("share_group"),
                         consumers=entry.get("consumers"),
                     )
@@ -336,22 +373,29 @@ class Recipe:
                         name, array(entry["smooth"]), entry.get("consumers") or (), "smoothquant"
                     )
             for name, entry in doc.get("equalizations", {}).items():
+                where = f"equalizations.{name}"
+                _check_entry(entry, ("source",), ("consumers",))
                 recipe.equalizations[name] = Equalization(
                     name, array(entry["scale"]), entry["consumers"], entry.get("source", "")
                 )
             for name, entry in doc.get("weights", {}).items():
+                where = f"weights.{name}"
+                _check_entry(entry, (), ())
                 w = array(entry["array"])
-                if list(w.shape) != list(entry["shape"]):
+                if list(w.shape) != list(_shape(entry["shape"])):
                     raise RecipeError(
                         f"{json_path}: weight {name!r} has shape {list(w.shape)} in the arrays "
                         f"file but {entry['shape']} in the JSON"
                     )
                 recipe.weights[name] = w
+            where = "top level"
             recipe.check()
         except KeyError as exc:
-            raise RecipeError(f"{json_path}: missing key {exc}") from None
-        except ValueError as exc:
-            if isinstance(exc, RecipeError):
+            raise RecipeError(f"{json_path}: {where}: missing key {exc}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, RecipeError) and any(
+                str(p) in str(exc) for p in (json_path, arrays_path)
+            ):
                 raise
-            raise RecipeError(f"{json_path}: {exc}") from None
+            raise RecipeError(f"{json_path}: {where}: {exc}") from None
         return recipe
