@@ -29,6 +29,7 @@ long run is reproducible, and records every distinct failure instead of stopping
 
 from __future__ import annotations
 
+import copy
 import faulthandler
 import json
 import math
@@ -225,7 +226,9 @@ class Case(dict):
     failure reports."""
 
     def __repr__(self) -> str:
-        return "Case({" + ", ".join(f"{k!r}: {len(v)} B {v[:160]!r}" for k, v in self.items()) + "})"
+        return (
+            "Case({" + ", ".join(f"{k!r}: {len(v)} B {v[:160]!r}" for k, v in self.items()) + "})"
+        )
 
 
 # -- recording runs --------------------------------------------------------------------------------
@@ -235,11 +238,16 @@ class FuzzRun:
 
     strict: bool = True
     tried: dict[str, int] = field(default_factory=dict)
+    #: per loader: how many calls returned, raised a documented error, or failed
+    outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
     failures: dict[tuple[str, tuple[str, str, str]], tuple[str, str]] = field(default_factory=dict)
 
     def check(self, loader: str, outcome: Outcome, names: Iterable[str], example: str) -> None:
         self.tried[loader] = self.tried.get(loader, 0) + 1
         problem = outcome.problem(names)
+        kind = "failed" if problem else "loaded" if outcome.kind == "ok" else "refused"
+        counts = self.outcomes.setdefault(loader, {})
+        counts[kind] = counts.get(kind, 0) + 1
         if problem is None:
             return
         key = (loader, outcome.signature())
@@ -250,6 +258,7 @@ class FuzzRun:
 
     def report(self) -> str:
         lines = [f"inputs tried: {dict(sorted(self.tried.items()))}"]
+        lines.append(f"outcomes: {dict(sorted(self.outcomes.items()))}")
         lines.append(f"distinct failures: {len(self.failures)}")
         for (loader, sig), (problem, example) in self.failures.items():
             lines.append(f"- {loader} {sig}: {problem}\n    {example[:600]}")
@@ -346,6 +355,11 @@ def _deep(depth: int) -> Any:
     return doc
 
 
+#: Stands for a value nested 50 000 levels deep: the writers below put the nesting into the text
+#: (too deep for Python's own json / a recursive copy, so it never lives in a document).
+DEEP = "<<nested 50000 levels deep>>"
+_DEEP_TEXT = "[" * 50000 + "]" * 50000
+
 #: Values that break loaders: wrong types, boundary numbers, odd strings, deep nesting.
 INTERESTING_VALUES: list[Any] = [
     None,
@@ -383,7 +397,7 @@ INTERESTING_VALUES: list[Any] = [
     {},
     {"a": 1},
     _deep(200),
-    _deep(5000),
+    DEEP,
 ]
 
 
@@ -428,20 +442,24 @@ def mutate_tree(
     values = values or interesting_values()
     for _ in range(draw(st.integers(1, 3))):
         paths = _paths(doc)
-        path = draw(st.sampled_from(paths))
+        # depth first, then a path at that depth: top-level keys are hit as often as leaves
+        depth = draw(st.sampled_from(sorted({len(p) for p in paths})))
+        path = draw(st.sampled_from([p for p in paths if len(p) == depth]))
         op = draw(st.sampled_from(["replace", "delete", "add", "dup", "swap", "nudge"]))
         if not path:
             if op == "replace":
-                doc = draw(values)
+                doc = copy.deepcopy(draw(values))
             continue
         parent, key = _get(doc, path[:-1]), path[-1]
         node = parent[key]
         if op == "replace":
-            parent[key] = draw(values)
+            parent[key] = copy.deepcopy(draw(values))  # values are shared objects: copy
         elif op == "delete":
             del parent[key]
         elif op == "add" and isinstance(node, dict):
-            node[draw(st.sampled_from(["zz_unknown", "", "scale", "shape"]))] = draw(values)
+            node[draw(st.sampled_from(["zz_unknown", "", "scale", "shape"]))] = copy.deepcopy(
+                draw(values)
+            )
         elif op == "dup" and isinstance(node, list) and node:
             node.append(json.loads(json.dumps(node[draw(st.integers(0, len(node) - 1))])))
         elif op == "swap":
@@ -454,18 +472,14 @@ def mutate_tree(
 
 
 def dump_json(doc: Any) -> bytes:
-    """``doc`` as JSON (NaN / Infinity as Python's json writes them), or, when it cannot be
-    written (too deep), a JSON text that nests it by hand."""
-    try:
-        return json.dumps(doc).encode("utf-8", "surrogatepass")
-    except RecursionError:
-        return b"[" * 100000 + b"]" * 100000
+    """``doc`` as JSON (NaN / Infinity as Python's json writes them; :data:`DEEP` as its deep
+    nesting)."""
+    text = json.dumps(doc).replace(json.dumps(DEEP), _DEEP_TEXT)
+    return text.encode("utf-8", "surrogatepass")
 
 
 # -- TOML writing (for mutated target specs) ------------------------------------------------------
-def _toml_value(v: Any, depth: int = 0) -> str:
-    if depth > 400:
-        raise RecursionError
+def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -476,15 +490,15 @@ def _toml_value(v: Any, depth: int = 0) -> str:
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
         return repr(v)
+    if v == DEEP:
+        return _DEEP_TEXT
     if isinstance(v, str):
         return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(i, depth + 1) for i in v) + "]"
+        return "[" + ", ".join(_toml_value(i) for i in v) + "]"
     if isinstance(v, dict):
         return (
-            "{"
-            + ", ".join(f"{json.dumps(str(k))} = {_toml_value(i, depth + 1)}" for k, i in v.items())
-            + "}"
+            "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(i)}" for k, i in v.items()) + "}"
         )
     if v is None:
         return '""'  # TOML has no null; the nearest wrong value
@@ -493,14 +507,10 @@ def _toml_value(v: Any, depth: int = 0) -> str:
 
 def dump_toml(doc: Any) -> bytes:
     """A TOML document for ``doc`` (tables as inline tables; ``None`` as an empty string).  A
-    non-table root becomes ``value = …``; nesting too deep for the writer becomes a deep array
-    written by hand."""
+    non-table root becomes ``value = …``."""
     if not isinstance(doc, dict):
         doc = {"value": doc}
-    try:
-        lines = [f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in doc.items()]
-    except RecursionError:
-        return b"x = " + b"[" * 100000 + b"]" * 100000 + b"\n"
+    lines = [f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in doc.items()]
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogatepass")
 
 
