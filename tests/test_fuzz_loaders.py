@@ -408,6 +408,24 @@ def test_harness_catches_each_kind_of_failure():
     assert run_isolated(die, (ValueError,)).kind == "crash"
 
 
+def test_deep_nesting_is_a_user_error(tmp_path, seeds):
+    """Found by the slow lane: JSON / TOML nested 50 000 deep made json / tomllib raise
+    RecursionError; each loader now refuses it with its own error naming the file."""
+    from fuzzing import DEEP
+
+    spec = tmp_path / "spec.toml"
+    spec.write_bytes(dump_toml({"name": DEEP}))
+    with pytest.raises(TargetSpecError, match="spec.toml.*nested too deeply"):
+        load_target(spec)
+    doc = json.loads(seeds.recipes[0][0])
+    doc["arrays_file"] = "recipe.safetensors"
+    doc["provenance"] = DEEP
+    (tmp_path / "recipe.json").write_bytes(dump_json(doc))
+    (tmp_path / "recipe.safetensors").write_bytes(seeds.recipes[0][1])
+    with pytest.raises(RecipeError, match="recipe.json.*nested too deeply"):
+        Recipe.load(tmp_path / "recipe.json")
+
+
 # -- the lanes ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("loader", sorted(FUZZERS))
 def test_fuzz_loader(loader, seeds):

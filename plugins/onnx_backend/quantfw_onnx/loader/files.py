@@ -159,6 +159,11 @@ def _load_external(model: onnx.ModelProto, path: Path, where: str) -> None:
             raise ValueError(
                 f"{where}: initializer {tensor.name!r} has malformed external data fields ({exc})"
             ) from None
+        if not isinstance(info.location, str):  # protobuf hands back bytes that are not UTF-8
+            raise ValueError(
+                f"{where}: initializer {tensor.name!r} has an external data location that is not "
+                f"UTF-8 text ({info.location!r:.80})"
+            )
         location = Path(info.location)
         side = base / location
         if not info.location or location.is_absolute() or ".." in location.parts:
