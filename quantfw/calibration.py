@@ -93,6 +93,12 @@ def _size(n: float) -> str:
 
 
 def _split(arrays: Mapping[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    for k, v in arrays.items():
+        if np.ndim(v) == 0:
+            raise CalibrationError(
+                f"calibration input {k!r} is a single value (shape ()); give an array whose "
+                "first axis counts the samples"
+            )
     counts = {k: len(v) for k, v in arrays.items()}
     if len(set(counts.values())) > 1:
         raise CalibrationError(
@@ -139,6 +145,19 @@ class CalibrationData:
         self._origin: str | None = None  # the file or module:function the data came from
         if isinstance(source, CalibrationFile):
             self._origin = source.spec
+        try:
+            self._init_source(source, graph, batch_size)
+        except CalibrationError as exc:
+            raise self._named(exc) from None
+
+    def _named(self, exc: CalibrationError) -> CalibrationError:
+        """``exc`` with the calibration file it concerns in front, when the data came from one."""
+        if self._origin is None or str(exc).startswith(self._origin):
+            return exc
+        return CalibrationError(f"{self._origin}: {exc}")
+
+    def _init_source(self, source: Any, graph: QuantGraph, batch_size: int) -> None:
+        if isinstance(source, CalibrationFile):
             source = source.resolve(graph)
         fixed = self._fixed_batch()
         if fixed is not None and isinstance(source, (np.ndarray, Mapping)):
@@ -177,9 +196,7 @@ class CalibrationData:
         try:
             return self._check(batch, index)
         except CalibrationError as exc:
-            if self._origin is None:
-                raise
-            raise CalibrationError(f"{self._origin}: {exc}") from None
+            raise self._named(exc) from None
 
     def _check(self, batch: Any, index: int) -> dict[str, np.ndarray]:
         if not isinstance(batch, Mapping):
@@ -199,6 +216,11 @@ class CalibrationData:
         out: dict[str, np.ndarray] = {}
         for name in self.input_names:
             v = np.asarray(batch[name])
+            if v.ndim == 0:
+                raise CalibrationError(
+                    f"calibration batch {index}, input {name!r}: a single value (shape ()); the "
+                    "first axis must count samples"
+                )
             if v.dtype.kind not in "fiub":
                 raise CalibrationError(
                     f"calibration batch {index}, input {name!r}: dtype {v.dtype} is not numeric"

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .arrayio import load_npy, load_npz
 from .calibration_errors import CalibrationError, CalibrationSourceError
 from .graph import QuantGraph
 
@@ -51,11 +52,7 @@ def load_calibration_source(
     input_ranks = dict(input_ranks or {})
     path = Path(spec)
     if path.suffix == ".npz" and path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (ValueError, OSError) as exc:
-            raise CalibrationError(f"{path}: cannot read calibration archive ({exc})") from None
+        arrays = load_npz(path, CalibrationError)
         if len(arrays) == 1 and len(input_names) == 1:
             return {input_names[0]: next(iter(arrays.values()))}
         return arrays
@@ -65,7 +62,7 @@ def load_calibration_source(
             raise CalibrationError(f"{path}: folder holds no .npy files")
         stems = {f.stem: f for f in files}
         if set(input_names) <= set(stems):
-            return {n: np.load(stems[n], allow_pickle=False) for n in input_names}
+            return {n: load_npy(stems[n], CalibrationError) for n in input_names}
         if len(input_names) != 1:
             raise CalibrationError(
                 f"{path}: a model with inputs {list(input_names)} needs files named "
@@ -76,7 +73,7 @@ def load_calibration_source(
 
         def batches() -> Iterator[dict[str, np.ndarray]]:
             for f in files:
-                a = np.load(f, allow_pickle=False)
+                a = load_npy(f, CalibrationError)
                 yield {name: a[None] if rank is not None and a.ndim == rank - 1 else a}
 
         return batches

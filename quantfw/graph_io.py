@@ -9,12 +9,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .arrayio import load_npz
 from .fileio import atomic_write_bytes
 from .graph import GraphError, Node, QuantGraph
 
@@ -66,27 +66,30 @@ def save_graph(graph: QuantGraph, path: str | os.PathLike[str]) -> Path:
 def load_graph(path: str | os.PathLike[str]) -> QuantGraph:
     """Read a ``.qgraph`` file.
 
-    :raises ValueError: naming the file when it is missing, truncated or not a quantfw graph.
+    :raises ValueError: naming the file when it is missing, truncated, damaged or not a quantfw
+        graph (see :func:`quantfw.arrayio.load_npz` for how the archive is read).
     """
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"model file {str(p)!r} does not exist")
+    arrays = load_npz(p, what="quantfw graph file")
+    raw = arrays.pop("__graph__", None)
+    if raw is None:
+        raise ValueError(f"{p}: not a quantfw graph file (no '__graph__' entry)")
     try:
-        with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as data:
-            doc = json.loads(bytes(data["__graph__"]).decode("utf-8"))
-            inits = {k[5:]: data[k] for k in data.files if k.startswith("init/")}
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError) as exc:
-        raise ValueError(
-            f"{p}: not a readable quantfw graph file ({type(exc).__name__}: {exc}); "
-            "was it truncated or written by another program?"
-        ) from None
-    if doc.get("format") != _FORMAT:
+        doc = json.loads(raw.tobytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{p}: the graph structure is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise ValueError(f"{p}: not a quantfw graph file")
-    if int(doc.get("version", 0)) > _VERSION:
-        raise ValueError(
-            f"{p}: graph format version {doc['version']} is newer than this quantfw reads"
-        )
+    version = doc.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"{p}: graph format version {version!r} is not an integer")
+    if version > _VERSION:
+        raise ValueError(f"{p}: graph format version {version} is newer than this quantfw reads")
+    inits = {k[5:]: v for k, v in arrays.items() if k.startswith("init/")}
     try:
+        _check_doc(doc)
         nodes = [
             Node(
                 name=n["name"],
@@ -110,3 +113,37 @@ def load_graph(path: str | os.PathLike[str]) -> QuantGraph:
         )
     except (KeyError, GraphError, ValueError) as exc:
         raise ValueError(f"{p}: invalid graph ({exc})") from None
+
+
+def _names(value: Any, what: str) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{what} must be a list of tensor names, not {value!r:.80}")
+
+
+def _check_doc(doc: dict[str, Any]) -> None:
+    """The JSON types :class:`QuantGraph` needs (values are checked by the graph itself)."""
+    _names(doc.get("inputs"), "'inputs'")
+    _names(doc.get("outputs"), "'outputs'")
+    if not isinstance(doc.get("name", ""), str):
+        raise ValueError("'name' must be a string")
+    shapes = doc.get("input_shapes", {})
+    if not isinstance(shapes, dict) or not all(
+        isinstance(v, list)
+        and all(d is None or (isinstance(d, int) and not isinstance(d, bool)) for d in v)
+        for v in shapes.values()
+    ):
+        raise ValueError("'input_shapes' must map input names to lists of integers or null")
+    nodes = doc.get("nodes")
+    if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
+        raise ValueError("'nodes' must be a list of objects")
+    for i, n in enumerate(nodes):
+        where = f"node {i} ({n.get('name')!r:.40})"
+        if not isinstance(n.get("name"), str) or not isinstance(n.get("op"), str):
+            raise ValueError(f"{where}: 'name' and 'op' must be strings")
+        _names(n.get("inputs"), f"{where}: 'inputs'")
+        _names(n.get("outputs"), f"{where}: 'outputs'")
+        weights = n.get("weights", {})
+        if not isinstance(weights, dict) or not all(isinstance(w, str) for w in weights.values()):
+            raise ValueError(f"{where}: 'weights' must map roles to initializer names")
+        if not isinstance(n.get("attrs", {}), dict) or not isinstance(n.get("source_op", ""), str):
+            raise ValueError(f"{where}: 'attrs' must be an object and 'source_op' a string")

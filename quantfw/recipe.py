@@ -271,6 +271,10 @@ class Recipe:
             raise RecipeError(f"{json_path} is a folder, not a recipe JSON file") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RecipeError(f"{json_path}: not a valid recipe JSON file ({exc})") from None
+        except RecursionError:  # json recurses once per nested array / object
+            raise RecipeError(
+                f"{json_path}: not a valid recipe JSON file (arrays or objects nested too deeply)"
+            ) from None
         if not isinstance(doc, dict) or doc.get("format") != "quantfw-recipe":
             raise RecipeError(f"{json_path}: not a quantfw recipe (missing format marker)")
         version = doc.get("schema_version")

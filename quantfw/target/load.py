@@ -38,6 +38,10 @@ def load_target(path: str | os.PathLike[str]) -> TargetSpec:
         raise TargetSpecError(f"{source}: not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise TargetSpecError(f"{source}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array / inline table
+        raise TargetSpecError(
+            f"{source}: invalid TOML: arrays or tables nested too deeply to read"
+        ) from None
     return TargetSpec.from_dict(data, source=source)
 
 

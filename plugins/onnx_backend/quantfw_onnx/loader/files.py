@@ -11,6 +11,7 @@ second copy.)
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from collections.abc import Iterable
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from .shell import expected_bytes, model_shell
 
@@ -51,6 +52,10 @@ def check_model(model: onnx.ModelProto, where: str = "ONNX model") -> None:
             )
     try:
         onnx.checker.check_model(model_shell(model, placeholder=True), full_check=False)
+    except UnicodeDecodeError:  # the checker's message quotes a name that is not UTF-8
+        raise ValueError(
+            f"{where} failed the ONNX checker: a name or string in it is not valid UTF-8"
+        ) from None
     except onnx.checker.ValidationError as exc:
         msg = str(exc).strip().splitlines()
         raise ValueError(
@@ -105,6 +110,7 @@ def load_onnx(
             "file at all"
         )
     _load_external(model, path, where)
+    _check_tensors(model, where)
     if check:
         check_model(model, where)
     return model
@@ -146,7 +152,18 @@ def _load_external(model: onnx.ModelProto, path: Path, where: str) -> None:
     for tensor in _all_tensors(model.graph):
         if not uses_external_data(tensor):
             continue
-        info = ExternalDataInfo(tensor)
+        try:
+            info = ExternalDataInfo(tensor)
+            offset = int(info.offset or 0)
+        except ValueError as exc:  # a negative or non-numeric offset / length
+            raise ValueError(
+                f"{where}: initializer {tensor.name!r} has malformed external data fields ({exc})"
+            ) from None
+        if not isinstance(info.location, str):  # protobuf hands back bytes that are not UTF-8
+            raise ValueError(
+                f"{where}: initializer {tensor.name!r} has an external data location that is not "
+                f"UTF-8 text ({info.location!r:.80})"
+            )
         location = Path(info.location)
         side = base / location
         if not info.location or location.is_absolute() or ".." in location.parts:
@@ -160,7 +177,6 @@ def _load_external(model: onnx.ModelProto, path: Path, where: str) -> None:
                 f"{tensor.name!r} is missing (keep the side files next to the .onnx file)"
             )
         file_size = side.stat().st_size
-        offset = int(info.offset or 0)
         want = expected_bytes(tensor)
         length = int(info.length) if info.length is not None else file_size - offset
         if want is not None:
@@ -187,3 +203,35 @@ def _load_external(model: onnx.ModelProto, path: Path, where: str) -> None:
         del data
         tensor.data_location = TensorProto.DEFAULT
         del tensor.external_data[:]
+
+
+def _check_tensors(model: onnx.ModelProto, where: str) -> None:
+    """Every initializer and constant has a known data type, non-negative dims and exactly the
+    data its type and dims need, so that nothing later reshapes or allocates what the file does
+    not hold (a declared shape of 10**12 over 8 bytes, an unknown ``data_type``)."""
+    for t in _all_tensors(model.graph):
+        what = f"{where}: initializer {t.name!r}"
+        try:
+            field = helper.tensor_dtype_to_field(t.data_type)
+        except (KeyError, ValueError, TypeError):
+            raise ValueError(
+                f"{what} has data type {t.data_type}, which is not an ONNX tensor type"
+            ) from None
+        if any(d < 0 for d in t.dims):
+            raise ValueError(f"{what} has negative dimensions {list(t.dims)}")
+        want = expected_bytes(t)
+        if want is None or t.data_location == TensorProto.EXTERNAL:
+            continue  # strings and sub-byte types; unloaded external data: checked elsewhere
+        count = math.prod(t.dims)
+        if t.HasField("raw_data"):
+            have, need, unit = len(t.raw_data), want, "bytes"
+        else:
+            per = 2 if t.data_type in (TensorProto.COMPLEX64, TensorProto.COMPLEX128) else 1
+            have, need, unit = len(getattr(t, field)), count * per, f"values in {field}"
+        if have != need:
+            dtype = helper.tensor_dtype_to_string(t.data_type).removeprefix("TensorProto.")
+            raise ValueError(
+                f"{what} declares {dtype} of shape "
+                f"{list(t.dims)} ({need} {unit}) but holds {have} (damaged, or dims / data "
+                "type edited?)"
+            )
