@@ -29,12 +29,13 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
 from .calibration_errors import CalibrationError, CalibrationRequiredError, CalibrationSourceError
 from .calibration_sources import CalibrationFile, load_calibration_source
+from .errors import QuantfwError
 from .graph import QuantGraph
 
 __all__ = [
@@ -148,12 +149,19 @@ class CalibrationData:
         try:
             self._init_source(source, graph, batch_size)
         except CalibrationError as exc:
-            raise self._named(exc) from None
+            self._reraise(exc)
+
+    def _reraise(self, exc: CalibrationError) -> NoReturn:
+        """Raise ``exc`` named by :meth:`_named` (``exc`` itself, cause kept, when it already is)."""
+        named = self._named(exc)
+        if named is exc:
+            raise exc
+        raise named from None
 
     def _named(self, exc: CalibrationError) -> CalibrationError:
         """``exc`` with the calibration file it concerns in front, when the data came from one."""
-        if self._origin is None or str(exc).startswith(self._origin):
-            return exc
+        if self._origin is None or self._origin in str(exc) or isinstance(exc, QuantfwError):
+            return exc  # already names it (a CalibrationSourceError keeps its cause, too)
         return CalibrationError(f"{self._origin}: {exc}")
 
     def _init_source(self, source: Any, graph: QuantGraph, batch_size: int) -> None:
@@ -196,7 +204,7 @@ class CalibrationData:
         try:
             return self._check(batch, index)
         except CalibrationError as exc:
-            raise self._named(exc) from None
+            self._reraise(exc)
 
     def _check(self, batch: Any, index: int) -> dict[str, np.ndarray]:
         if not isinstance(batch, Mapping):
@@ -350,6 +358,12 @@ class CalibrationData:
                 )
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        try:
+            yield from self._iter()
+        except CalibrationError as exc:
+            self._reraise(exc)
+
+    def _iter(self) -> Iterator[dict[str, np.ndarray]]:
         if self._cache is not None:
             yield from self._iter_one_shot()
             return

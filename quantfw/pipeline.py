@@ -112,7 +112,7 @@ def _build(info: AlgorithmInfo, options: dict[str, Any]) -> Algorithm:
     try:
         return info.factory(**options)
     except TypeError as exc:
-        raise ValueError(f"algorithm {info.name!r} rejected its options {options}: {exc}") from None
+        raise options_error("algorithm", info.name, info.factory, options, exc) from None
 
 
 def _versions() -> dict[str, str]:

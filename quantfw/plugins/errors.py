@@ -58,8 +58,11 @@ def options_error(
     """
     import inspect
 
-    flag = {"frontend": "-F", "backend": "-B"}.get(kind, "")
-    where = f"{kind}_options" + (f", {flag} on the command line" if flag else "")
+    where = {
+        "frontend": "frontend_options, -F on the command line",
+        "backend": "backend_options, -B on the command line",
+        "algorithm": f"-a {name}:KEY=VALUE on the command line",
+    }.get(kind, f"{kind}_options")
     try:
         params = list(inspect.signature(_callee(factory, exc)).parameters.values())  # type: ignore[arg-type]
     except (TypeError, ValueError):
@@ -71,4 +74,4 @@ def options_error(
             takes = f"its options: {', '.join(accepted)}" if accepted else "it takes no options"
             names = ", ".join(repr(k) for k in unknown)
             return ValueError(f"{kind} {name!r} takes no option {names} ({where}); {takes}")
-    return ValueError(f"{kind} {name!r} rejected {where}: {exc}")
+    return ValueError(f"{kind} {name!r} rejected its options ({where}): {exc}")
