@@ -222,15 +222,21 @@ def test_fuzz_onnx_frontend(seeds):
     assert run.outcomes["onnx"].get("loaded", 0) > 0  # mutants get past the first check too
 
 
-def test_non_utf8_external_location_is_a_user_error(tmp_path, seeds):
-    """Found by the slow lane: an external-data location that is not UTF-8 reached ``Path()``
-    as bytes (TypeError); now a ValueError naming the file."""
+def test_non_utf8_text_is_a_user_error(tmp_path, seeds):
+    """Found by the slow lane: an external-data location or a tensor name that is not UTF-8
+    came back from protobuf as bytes (TypeError in ``Path()`` / in prepare); now a ValueError
+    naming the file."""
     from quantfw_onnx.frontend import OnnxFrontend
 
     m = onnx.ModelProto()
     m.ParseFromString(seeds[2][MODEL])
     m.graph.initializer[0].external_data[0].value = "side.bin"
     (tmp_path / MODEL).write_bytes(m.SerializeToString().replace(b"side.bin", b"sid\xff.bin"))
+    with pytest.raises(ValueError, match=r"model\.onnx.*not UTF-8"):
+        OnnxFrontend().load(tmp_path / MODEL)
+    # a tensor name that is not UTF-8 reached name sorting as bytes (TypeError in prepare)
+    raw = seeds[1][MODEL].replace(b"fc1.out", b"fc1.\xffut")
+    (tmp_path / MODEL).write_bytes(raw)
     with pytest.raises(ValueError, match=r"model\.onnx.*not UTF-8"):
         OnnxFrontend().load(tmp_path / MODEL)
 

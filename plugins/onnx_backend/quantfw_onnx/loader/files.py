@@ -109,6 +109,7 @@ def load_onnx(
             f"{where} is not an ONNX model (no IR version or no graph): truncated, or not an ONNX "
             "file at all"
         )
+    _check_names(model, where)
     _load_external(model, path, where)
     _check_tensors(model, where)
     if check:
@@ -234,4 +235,31 @@ def _check_tensors(model: onnx.ModelProto, where: str) -> None:
                 f"{what} declares {dtype} of shape "
                 f"{list(t.dims)} ({need} {unit}) but holds {have} (damaged, or dims / data "
                 "type edited?)"
+            )
+
+
+def _graph_names(graph: onnx.GraphProto) -> Iterable[object]:
+    """Every name and op identifier in ``graph`` and its subgraphs."""
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        yield vi.name
+    for t in graph.initializer:
+        yield t.name
+    for node in graph.node:
+        yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+        for a in node.attribute:
+            yield a.name
+            if a.HasField("g"):
+                yield from _graph_names(a.g)
+            for sub in a.graphs:
+                yield from _graph_names(sub)
+
+
+def _check_names(model: onnx.ModelProto, where: str) -> None:
+    """Names and op identifiers must be UTF-8 text: protobuf hands back other bytes as ``bytes``,
+    which nothing downstream can compare with names."""
+    domains = (o.domain for o in model.opset_import)
+    for name in (*domains, *_graph_names(model.graph)):
+        if not isinstance(name, str):
+            raise ValueError(
+                f"{where}: the name or op identifier {name!r:.80} is not UTF-8 text (damaged file?)"
             )
