@@ -8,8 +8,10 @@ entry point) that registers an algorithm name the built-ins already use.
 
 from __future__ import annotations
 
+import io
 import json
 import textwrap
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,8 @@ FILES = {
     "calib-int64.npz": "the calibration images as int64",
     "calib-names.npz": "two arrays named 'a' and 'b' (the model has one input, 'image')",
     "calib-shape.npz": "images flattened to [40, 64]",
+    "huge.npz": "an archive whose array header declares 10**12 floats (and holds none)",
+    "objects/": "a folder with one .npy file of Python objects (pickled)",
     "calibmod.py": "calibration functions: zero (ZeroDivisionError), db (RuntimeError), "
     "shards (KeyError after one batch), count (returns an int)",
     "brokenmod.py": "a calibration module whose import fails (ModuleNotFoundError)",
@@ -92,6 +96,14 @@ def make_folder(folder: Path) -> Path:
     np.savez(folder / "calib-int64.npz", image=x.astype(np.int64))
     np.savez(folder / "calib-names.npz", a=x, b=x)
     np.savez(folder / "calib-shape.npz", image=x.reshape(len(x), 64))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
+    )
+    with zipfile.ZipFile(folder / "huge.npz", "w") as archive:
+        archive.writestr("image.npy", header.getvalue())
+    (folder / "objects").mkdir()
+    np.save(folder / "objects" / "000.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     (folder / "calibmod.py").write_text(CALIB_MODULE)
     (folder / "brokenmod.py").write_text("import no_such_package_xyz\n\ndef f():\n    return []\n")
     (folder / "afile").write_text("")
