@@ -434,6 +434,7 @@ def test_fuzz_loader(loader, seeds):
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
 def test_fuzz_loaders_long(seeds):
     run = fuzz_long([make(seeds) for make in FUZZERS.values()])
     assert not run.failures, run.report()

@@ -242,6 +242,7 @@ def test_non_utf8_text_is_a_user_error(tmp_path, seeds):
 
 
 @pytest.mark.slow
+@pytest.mark.fuzz
 def test_fuzz_onnx_frontend_long(seeds):
     run = FuzzRun(strict=False)
     run_for(onnx_cases(seeds), _body(run), long_seconds() / TOTAL_LOADERS)
