@@ -6,13 +6,9 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from quantfw.cli import cli
-from quantfw.graph import Node, QuantGraph
-from quantfw.graph_io import save_graph
 from quantfw.recipe import Recipe
 
 HEAVY = ("torch", "tensorflow", "onnx", "onnxruntime")
@@ -47,30 +43,6 @@ def test_import_and_help_load_no_framework(tmp_path):
     # the sentinels are live: importing one does leave its marker
     subprocess.run([sys.executable, "-c", "import torch"], env=env, check=True)
     assert (tmp_path / "torch.imported").exists()
-
-
-@pytest.fixture
-def model_files(tmp_path):
-    rng = np.random.default_rng(0)
-    g = QuantGraph(
-        [
-            Node("fc1", "linear", ["x"], ["h"], weights={"weight": "w1", "bias": "b1"}),
-            Node("relu", "relu", ["h"], ["a"]),
-            Node("head", "linear", ["a"], ["y"], weights={"weight": "w2"}),
-        ],
-        ["x"],
-        ["y"],
-        {
-            "w1": rng.normal(size=(8, 4)).astype(np.float32),
-            "b1": np.zeros(8, np.float32),
-            "w2": rng.normal(size=(3, 8)).astype(np.float32),
-        },
-        name="mlp",
-        input_shapes={"x": (None, 4)},
-    )
-    model = save_graph(g, tmp_path / "mlp.qgraph")
-    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(40, 4)).astype(np.float32))
-    return model, tmp_path / "calib.npz"
 
 
 def test_quantize_writes_recipe(model_files, tmp_path):

@@ -48,7 +48,7 @@ from quantfw.target import TargetSpecError, builtin_target_paths, load_target
 from quantfw.target.load import tomllib  # tomllib, or tomli on Python 3.10
 
 #: Examples per loader in the default lane.
-EXAMPLES = 150
+EXAMPLES = 80
 
 ROOT = Path(__file__).resolve().parents[1]
 

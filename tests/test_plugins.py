@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pluggy
@@ -75,6 +75,9 @@ mode = "int32"
 quantize = ["conv", "linear"]
 """
 
+#: a fresh plugin manager around every test (tests/plugin_site.py)
+pytestmark = pytest.mark.usefixtures("clean_plugin_state")
+
 
 def good_source(prefix: str) -> str:
     """A plugin module registering ``<prefix>-frontend`` and ``<prefix>-algo``."""
@@ -103,27 +106,6 @@ def good_source(prefix: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # fixtures
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _clean_plugin_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(DISABLE_ENV_VAR, raising=False)
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A directory on ``sys.path`` to install fake distributions into."""
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    importlib.invalidate_caches()
-    yield root
-    for name, module in list(sys.modules.items()):
-        if str(getattr(module, "__file__", None) or "").startswith(str(root)):
-            del sys.modules[name]
 
 
 @pytest.fixture

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +26,10 @@ from click.testing import CliRunner
 import quantfw
 from quantfw.api import AlgorithmInfo, hookimpl
 from quantfw.cli import cli
-from quantfw.graph import Node, QuantGraph
-from quantfw.graph_io import save_graph
 from quantfw.plugins import (
-    DISABLE_ENV_VAR,
     UnknownComponentError,
     get_registry,
     make_plugin_manager,
-    reset_plugin_manager,
     use_plugin_manager,
 )
 
@@ -60,6 +54,9 @@ CLASH_SOURCE = """
         register(AlgorithmInfo("clash-only", Stage.ROUND, Algo))
         register(AlgorithmInfo("minmax", Stage.CALIBRATE, Algo))
     """
+
+#: a fresh plugin manager around every test (tests/plugin_site.py)
+pytestmark = pytest.mark.usefixtures("clean_plugin_state")
 
 
 def frontend_source(frontend: str, extra: str) -> str:
@@ -98,53 +95,6 @@ def install(site: Path, dist: str, module: str, source: str, ep_name: str) -> No
     importlib.invalidate_caches()
 
 
-@pytest.fixture(autouse=True)
-def _clean_plugin_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(DISABLE_ENV_VAR, raising=False)
-    reset_plugin_manager()
-    yield
-    reset_plugin_manager()
-
-
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A folder on ``sys.path`` (here and in subprocesses) to install fake distributions into."""
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    importlib.invalidate_caches()
-    yield root
-    for name, module in list(sys.modules.items()):
-        if str(getattr(module, "__file__", None) or "").startswith(str(root)):
-            del sys.modules[name]
-
-
-@pytest.fixture
-def mlp(tmp_path: Path) -> tuple[Path, Path]:
-    """A small MLP as ``mlp.qgraph`` and 40 calibration rows as ``calib.npz``."""
-    rng = np.random.default_rng(0)
-    graph = QuantGraph(
-        [
-            Node("fc1", "linear", ["x"], ["h"], weights={"weight": "w1", "bias": "b1"}),
-            Node("relu", "relu", ["h"], ["a"]),
-            Node("head", "linear", ["a"], ["y"], weights={"weight": "w2"}),
-        ],
-        ["x"],
-        ["y"],
-        {
-            "w1": rng.normal(size=(8, 4)).astype(np.float32),
-            "b1": np.zeros(8, np.float32),
-            "w2": rng.normal(size=(3, 8)).astype(np.float32),
-        },
-        name="mlp",
-        input_shapes={"x": (None, 4)},
-    )
-    model = save_graph(graph, tmp_path / "mlp.qgraph")
-    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(40, 4)).astype(np.float32))
-    return model, tmp_path / "calib.npz"
-
-
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """``quantfw ARGS`` in a fresh interpreter (this checkout's code, the test's PYTHONPATH)."""
     code = "import sys; from quantfw.cli import main; sys.exit(main())"
@@ -165,7 +115,7 @@ def assert_names_the_clash(stderr: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def test_cli_leaves_out_a_plugin_that_reregisters_a_builtin_algorithm(site, mlp) -> None:
+def test_cli_leaves_out_a_plugin_that_reregisters_a_builtin_algorithm(site, model_files) -> None:
     install(site, "clash-plug", "clash_mod", CLASH_SOURCE, "clash")
 
     res = run_cli("algorithms", "--json")
@@ -180,7 +130,7 @@ def test_cli_leaves_out_a_plugin_that_reregisters_a_builtin_algorithm(site, mlp)
     assert "generic" in res.stdout
     assert_names_the_clash(res.stderr)
 
-    model, calib = mlp
+    model, calib = model_files
     res = run_cli("quantize", str(model), "--calib", str(calib), "-a", "minmax", "--json")
     assert res.returncode == 0, res.stderr
     assert_names_the_clash(res.stderr)
@@ -213,14 +163,16 @@ def test_plugins_listing_reports_the_left_out_plugin(site) -> None:
     assert "clash (clash-plug 0.1): failed — plugin 'clash'" in res.output
 
 
-def test_python_api_leaves_out_the_clashing_plugin_with_a_warning(site, mlp, caplog) -> None:
+def test_python_api_leaves_out_the_clashing_plugin_with_a_warning(
+    site, model_files, caplog
+) -> None:
     install(site, "clash-plug", "clash_mod", CLASH_SOURCE, "clash")
     registry = get_registry()  # no DuplicateComponentError
     assert registry.origin("algorithm", "minmax") == "quantfw.builtins"
     assert "clash-reader" not in registry.frontends and "clash-only" not in registry.algorithms
     assert registry.report("clash").status == "failed"
     assert "--disable-plugin clash" in caplog.text
-    model, calib = mlp
+    model, calib = model_files
     result = quantfw.quantize(model, dict(np.load(calib)), algorithms=["minmax"], progress=False)
     assert result.summary.to_dict()["algorithms"]["calibrate"] == ["minmax"]
 
@@ -313,9 +265,9 @@ def test_quantfws_own_plugins_keep_their_names_before_third_party_ones(site) -> 
     ],
 )
 def test_model_file_of_a_plugin_not_installed(
-    quantfw_plugin_manager, tmp_path, mlp, name, expected
+    quantfw_plugin_manager, tmp_path, model_files, name, expected
 ) -> None:
-    _, calib = mlp
+    _, calib = model_files
     model = tmp_path / name
     model.write_bytes(b"\x08\x07")  # never read: no installed frontend takes the suffix
     res = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib)])
@@ -333,8 +285,8 @@ def test_savedmodel_folder_names_the_tf_plugin(quantfw_plugin_manager, tmp_path)
         quantfw.quantize(folder, None)
 
 
-def test_target_of_a_plugin_not_installed(quantfw_plugin_manager, mlp) -> None:
-    model, calib = mlp
+def test_target_of_a_plugin_not_installed(quantfw_plugin_manager, model_files) -> None:
+    model, calib = model_files
     res = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "-t", "x86"])
     assert res.exit_code == 1, res.output
     assert "unknown target 'x86'" in res.output

@@ -38,7 +38,7 @@ from onnx_test_models import mlp_model  # noqa: E402
 from quantfw.errors import QuantfwError  # noqa: E402
 
 #: Examples in the default lane.
-EXAMPLES = 150
+EXAMPLES = 80
 MODEL = "model.onnx"
 SIDE = "model.onnx.data"
 
