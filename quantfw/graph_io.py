@@ -133,6 +133,9 @@ def _check_doc(doc: dict[str, Any]) -> None:
         for v in shapes.values()
     ):
         raise ValueError("'input_shapes' must map input names to lists of integers or null")
+    dtypes = doc.get("input_dtypes", {})
+    if not isinstance(dtypes, dict) or not all(isinstance(v, str) for v in dtypes.values()):
+        raise ValueError("'input_dtypes' must map input names to dtype names")
     nodes = doc.get("nodes")
     if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
         raise ValueError("'nodes' must be a list of objects")

@@ -97,6 +97,10 @@ class QuantSpec:
                 f"unknown granularity {self.granularity!r}; allowed: {allowed}"
             ) from None
         g = self.granularity
+        if self.axis is not None and (
+            not isinstance(self.axis, int) or isinstance(self.axis, bool)
+        ):
+            raise SpecError(f"axis must be an integer, not {self.axis!r:.40}")
         if g in (Granularity.PER_CHANNEL, Granularity.PER_GROUP) and self.axis is None:
             raise SpecError(f"granularity {g.value} needs an axis")
         if g is Granularity.PER_GROUP:

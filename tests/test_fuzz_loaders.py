@@ -438,3 +438,43 @@ def test_fuzz_loader(loader, seeds):
 def test_fuzz_loaders_long(seeds):
     run = fuzz_long([make(seeds) for make in FUZZERS.values()])
     assert not run.failures, run.report()
+
+
+def _rewrite_qgraph(path: Path, out: Path, edit) -> Path:
+    """``path`` with its graph document passed through ``edit``, saved as ``out``."""
+    import io
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = {n: archive.read(n) for n in archive.namelist()}
+    raw = np.load(io.BytesIO(members["__graph__.npy"]), allow_pickle=False)
+    doc = json.loads(raw.tobytes().decode("utf-8"))
+    edit(doc)
+    buf = io.BytesIO()
+    np.save(buf, np.frombuffer(json.dumps(doc).encode("utf-8"), np.uint8))
+    members["__graph__.npy"] = buf.getvalue()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return out
+
+
+def test_long_run_finds_on_main_are_user_errors(tmp_path: Path) -> None:
+    """Found by the long lane on the merged main (seed 3000): a .qgraph whose input_dtypes is
+    not a mapping, and a recipe spec whose axis is not an integer."""
+    from quantfw.graph import Node, QuantGraph
+    from quantfw.spec import QuantSpec, SpecError
+
+    graph = QuantGraph(
+        [Node("fc", "linear", ["x"], ["y"], weights={"weight": "w"})],
+        ["x"],
+        ["y"],
+        {"w": np.ones((3, 4), np.float32)},
+    )
+    good = save_graph(graph, tmp_path / "m.qgraph")
+    bad = _rewrite_qgraph(good, tmp_path / "dt.qgraph", lambda d: d.update(input_dtypes=5))
+    with pytest.raises(ValueError, match=r"dt\.qgraph: invalid graph \('input_dtypes' must map"):
+        load_graph(bad)
+    with pytest.raises(SpecError, match=r"axis must be an integer, not \[0\]"):
+        QuantSpec("int8", granularity="per_channel", axis=[0])
