@@ -1,5 +1,6 @@
 """Shared test configuration."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -51,3 +52,12 @@ def model_files(tmp_path):
     model = save_graph(g, tmp_path / "mlp.qgraph")
     np.savez(tmp_path / "calib.npz", x=rng.normal(size=(40, 4)).astype(np.float32))
     return model, tmp_path / "calib.npz"
+
+
+@pytest.fixture
+def umask():
+    """``umask(mask)`` sets the process umask for one test (restored after it)."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)

@@ -8,7 +8,6 @@ Real files throughout: each bad recipe is a real save edited the way a person or
 from __future__ import annotations
 
 import json
-import os
 import stat
 from pathlib import Path
 
@@ -271,15 +270,6 @@ def test_a_recipe_without_arrays_round_trips(tmp_path):
 
 
 # -- permissions of written files ---------------------------------------------------------------
-@pytest.fixture
-def umask():
-    """Set the process umask for one test (restored after it)."""
-    old = os.umask(0o022)
-    os.umask(old)
-    yield os.umask
-    os.umask(old)
-
-
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 

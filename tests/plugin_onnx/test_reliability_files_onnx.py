@@ -37,14 +37,6 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-@pytest.fixture
-def umask():
-    old = os.umask(0o022)
-    os.umask(old)
-    yield os.umask
-    os.umask(old)
-
-
 def _cnn_files(tmp_path, kit):
     model = tmp_path / "cnn.onnx"
     onnx.save(kit.build_cnn(), str(model))
