@@ -26,7 +26,8 @@ class Summary:
     :ivar calibration_samples: samples seen by the calibrate stage (``None``: no data).
     :ivar timings: ``"stage:algorithm"`` → seconds.
     :ivar backend: what the backend did, or why there is no artifact.
-    :ivar warnings: from planning (e.g. an override pattern that matched nothing), then what
+    :ivar warnings: from planning (e.g. an override pattern that matched nothing), from the
+        algorithms (:meth:`~quantfw.api.context.StageContext.warn`), then what
         running the artifact on this machine would get wrong (``host_warnings`` of its
         metadata, see :func:`quantfw.pipeline.host_warnings`).
     """
@@ -103,6 +104,7 @@ class Summary:
             backend=backend_note,
             artifact=None if artifact is None else str(artifact.path),
             warnings=list(plan.warnings)
+            + [str(w) for w in recipe.provenance.get("warnings", ())]
             + ([] if artifact is None else list(artifact.metadata.get("host_warnings", []))),
             total_seconds=total_seconds,
         )

@@ -241,3 +241,16 @@ def test_block_boundary_and_frontends_without_block_modules(quantfw_registry_wit
             ctx.block_problem(["fc1", "act"])
 
     run_probe(quantfw_registry_with, look)
+
+
+def test_algorithm_warnings_reach_the_summary_and_the_recipe(quantfw_registry_with, caplog):
+    def fn(ctx, p):
+        if p.node.name == "fc2":
+            ctx.warn("layer 'fc2' kept at nearest rounding: test")
+
+    with caplog.at_level("WARNING", logger="quantfw"):
+        res = run_probe(quantfw_registry_with, fn)
+    assert res.summary.warnings.count("layer 'fc2' kept at nearest rounding: test") == 1
+    assert res.recipe.provenance["warnings"] == ["layer 'fc2' kept at nearest rounding: test"]
+    assert "kept at nearest rounding" in caplog.text
+    assert "warning: layer 'fc2' kept" in res.summary.to_text()

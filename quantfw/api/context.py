@@ -106,6 +106,18 @@ class StageContext:
     _float_version: int = field(default=0, init=False, repr=False)
     _ranges: ChannelRanges | None = field(default=None, init=False, repr=False)
 
+    # -- reporting -----------------------------------------------------------------------------
+    def warn(self, message: str) -> None:
+        """Report something the user should know about this quantization (a layer left at
+        nearest rounding, too few calibration samples for what an algorithm learns): logged as a
+        warning now, kept in ``recipe.provenance["warnings"]`` and shown in the summary."""
+        import logging
+
+        logging.getLogger("quantfw").warning("%s", message)
+        notes = self.recipe.provenance.setdefault("warnings", [])
+        if message not in notes:
+            notes.append(message)
+
     # -- weights -------------------------------------------------------------------------------
     def weight(self, name: str) -> np.ndarray:
         """An initializer as the quantized model will use it: ``recipe.weights`` first, then the
