@@ -54,8 +54,9 @@ class SoftRounding:
     ) -> None:
         w = np.asarray(weight, dtype=np.float32)
         scale, zp = broadcast_params(params, spec, w.shape)
-        scale = np.asarray(scale, dtype=np.float64)
-        pos = w.astype(np.float64) / scale
+        scale = np.asarray(scale, dtype=np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pos = w / scale  # in float32, as the reference numerics place a weight on the grid
         floor = np.floor(pos)
         self.engine = engine
         self.shape = w.shape
