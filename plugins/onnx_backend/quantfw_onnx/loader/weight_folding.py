@@ -52,10 +52,10 @@ def fold_batchnorm(model: onnx.ModelProto) -> dict[str, str]:
         scale, beta, mean, var = (
             numpy_helper.to_array(idx.inits[t]).astype(np.float64) for t in bn.input[1:5]
         )
+        if any(a.shape != (w.shape[0],) for a in (scale, beta, mean, var)):
+            continue  # not one value per output channel: left unfolded, for the checks to name
         eps = float(attribute(bn, "epsilon", 1e-5))
         factor = scale / np.sqrt(var + eps)
-        if factor.shape != (w.shape[0],):
-            continue
         b = (
             numpy_helper.to_array(idx.inits[conv.input[2]]).astype(np.float64)
             if has_bias
