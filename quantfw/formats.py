@@ -151,7 +151,9 @@ def int_format_for_bits(bits: int, signed: bool = True) -> IntFormat:
     name = f"{'' if signed else 'u'}int{bits}"
     fmt = FORMATS.get(name)
     if not isinstance(fmt, IntFormat):
-        options = sorted({f.bits for f in FORMATS.values() if isinstance(f, IntFormat)})
+        options = sorted(
+            {f.bits for f in FORMATS.values() if isinstance(f, IntFormat) and f.signed == signed}
+        )
         raise ValueError(
             f"no {'signed' if signed else 'unsigned'} integer format with {bits} bits; "
             f"choose bits from {options}"
