@@ -18,7 +18,12 @@ pytest.importorskip("sklearn", reason="the digits CNN's data ships with scikit-l
 
 import onnx  # noqa: E402
 from onnx import TensorProto, numpy_helper  # noqa: E402
-from quantfw_onnx.avx2 import PAIR_LIMIT, max_kernel_pair_sum  # noqa: E402
+from quantfw_onnx.avx2 import (  # noqa: E402
+    PAIR_LIMIT,
+    max_kernel_pair_sum,
+    u8s8_matmul_avx2,
+    u8s8_matmul_exact,
+)
 from quantfw_onnx.backend import OnnxRuntimeBackend  # noqa: E402
 from quantfw_onnx.samples import digits_cnn_onnx  # noqa: E402
 
@@ -63,9 +68,7 @@ def _last_input_step(res) -> float:
     dequantized weight of ``fc2``."""
     act = res.recipe.tensors["relu4"]
     w = res.recipe.tensors["fc2.weight"]
-    wq = dequantize(
-        quantize(res.graph.initializers["fc2.weight"], w.params, w.spec), w.params, w.spec
-    )
+    wq = dequantize(quantize(_weight(res, "fc2.weight"), w.params, w.spec), w.params, w.spec)
     return float(act.params.scale) * float(np.abs(wq).max())
 
 
@@ -85,11 +88,33 @@ def test_the_artifact_equals_the_simulation(artifacts, digits, target, w, a):
     fused = backend.session(path).run(None, {"image": x})[0]  # QLinearConv, QGemm...
     assert np.mean(fused.argmax(-1) == sim.argmax(-1)) == 1.0
     assert np.abs(fused - sim).max() <= _last_input_step(res)
-    if target == "x86-avx2":  # the backend's own run, which refuses saturating artifacts
-        assert not res.artifact.metadata["needs_vnni"]
+    if target == "x86-avx2":
         assert max_kernel_pair_sum(onnx.load(path)) <= PAIR_LIMIT
-        ran = backend.run(res.artifact, {"image": x})["logits"]
-        np.testing.assert_array_equal(ran, fused)
+    # uint4 and narrower codes cannot saturate AVX2's int16 pair sums, whatever the weights:
+    # the backend's own run (which refuses artifacts that would) runs it on any x86 CPU
+    assert not res.artifact.metadata["needs_vnni"]
+    ran = backend.run(res.artifact, {"image": x})["logits"]
+    np.testing.assert_array_equal(ran, fused)
+
+
+def test_narrow_activations_make_full_int8_weights_exact_on_avx2(artifacts):
+    """x86-vnni's W8A4 artifact has int8 weight pairs over the AVX2 limit (W8A8: needs VNNI),
+    yet with activation codes of at most 15 the AVX2 kernel's model
+    (:func:`~quantfw_onnx.avx2.u8s8_matmul_avx2`) equals the exact product: not ``needs_vnni``."""
+    res8, path8 = artifacts("x86-vnni", 8, 8)
+    res4, path4 = artifacts("x86-vnni", 8, 4)
+    assert res8.artifact.metadata["needs_vnni"]
+    md = res4.artifact.metadata
+    assert md["max_pair_sum"] > PAIR_LIMIT and not md["needs_vnni"]
+    qm = onnx.load(path4)
+    inits = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
+    w = inits[next(n.input[0] for n in qm.graph.node if n.name.startswith("conv2.weight"))]
+    b = w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])  # im2col: kernel position, then channel
+    rng = np.random.default_rng(0)
+    a4 = rng.integers(0, 16, (64, b.shape[0])).astype(np.uint8)
+    np.testing.assert_array_equal(u8s8_matmul_avx2(a4, b), u8s8_matmul_exact(a4, b))
+    a8 = np.full_like(a4, 255)  # the same weights with 8-bit codes do saturate
+    assert not np.array_equal(u8s8_matmul_avx2(a8, b), u8s8_matmul_exact(a8, b))
 
 
 def _dq_codes(qm: onnx.ModelProto):
@@ -238,3 +263,9 @@ def test_an_activation_width_the_target_cannot_express_is_refused(digits, activa
         quantfw.quantize(
             model, data.x_calib, target="x86-vnni", overrides={"activation": activation}
         )
+
+
+def _weight(res, name: str) -> np.ndarray:
+    """The float weight the recipe quantizes: rewritten by an algorithm, or the model's own."""
+    w = res.recipe.weights.get(name)
+    return res.graph.initializers[name] if w is None else w

@@ -29,7 +29,7 @@ from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 from quantfw.target import TargetSpec
 
-from .avx2 import PAIR_LIMIT, max_kernel_pair_sum
+from .avx2 import PAIR_LIMIT, max_kernel_pair_sum, saturates_on_avx2
 from .cpu import cpu_vnni, saturation_warning
 from .opset import default_opset
 
@@ -112,8 +112,8 @@ def artifact_stats(model: Any) -> dict[str, Any]:
         "matmul_integer": ops.get("MatMulInteger", 0),
         "int8_weight_tensors": int8_weights,
         "max_weight_code": max_code,
-        "max_pair_sum": (pair := max_kernel_pair_sum(model)),
-        "needs_vnni": pair > PAIR_LIMIT,
+        "max_pair_sum": max_kernel_pair_sum(model),
+        "needs_vnni": saturates_on_avx2(model),
     }
 
 

@@ -34,7 +34,19 @@ from .builder import Builder
 from .errors import LoweringError
 from .storage import qdq_attrs, storage_of, zero_point_tensor
 
-__all__ = ["RANGE_KEEPING", "static_qdq", "equalize_node", "clip_codes", "clipped_activations"]
+__all__ = [
+    "RANGE_KEEPING",
+    "static_qdq",
+    "equalize_node",
+    "clip_codes",
+    "clipped_activations",
+    "carried_in_8bit",
+    "NARROW_MODES",
+]
+
+#: Ways :func:`~quantfw_onnx.lowering.write_qdq` carries activation grids narrower than their
+#: ONNX type (``narrow_activations``).
+NARROW_MODES = ("own_type", "clip_8bit", "any")
 
 #: Op kinds whose output values are some of their data inputs' values (rearranged, selected or
 #: maxed): quantized with the inputs' own grid and params, their codes cannot leave the grid.
@@ -149,20 +161,23 @@ def clip_codes(
     )
 
 
-def clipped_activations(graph: QuantGraph, recipe: Recipe, narrow: set[str]) -> set[str]:
-    """Which of the static activations ``narrow`` (carried in 8-bit codes wider than their
-    grid) get a ``Clip`` on their codes; the others' codes stay in the grid without one.
+def clipped_activations(graph: QuantGraph, recipe: Recipe, carried: set[str]) -> set[str]:
+    """Which of the static activations ``carried`` in 8-bit codes get a ``Clip`` on their codes
+    (only grids narrower than their storage need one; the others stay in the grid without).
 
     A tensor computed by a :data:`RANGE_KEEPING` op from tensors on the same grid and params
     (:func:`_keeps_range`) is in the grid when its inputs are.  And a tensor whose every reader
     is such an op passes its Clip on to their outputs (*defers* it): ``Clip`` commutes with a
     max-pool or a reshape, so ``Q -> Clip -> DQ -> MaxPool -> Q -> DQ`` and ``Q -> DQ -> MaxPool
     -> Q -> Clip -> DQ`` give the same codes to every later reader.  Deferring lets ONNX
-    Runtime's layout pass keep the max-pool between two NHWC integer kernels (a uint8 MaxPool
-    left in NCHW ran 3 ms slower per batch of 539 digits than the whole W8A8 model takes to
-    differ), and clips the pooled, smaller tensor.  The codes of a deferring tensor then exceed
-    its grid, but only a range-keeping op reads them.
+    Runtime's layout pass keep the max-pool in NHWC next to the integer kernels (with the Clip
+    before it, the digits CNN's second max-pool stayed a uint8 NCHW MaxPool: W4A4 ran 1.41x the
+    W8A8 artifact's time, 1.01-1.04x deferred), and it clips the pooled, smaller tensor.  The
+    codes of a deferring tensor then exceed its grid, but only a range-keeping op reads them.
     """
+    narrow = {
+        x for x in carried if not storage_of(recipe.tensors[x].spec, clip_8bit=True).full_grid
+    }
     consumers = graph.consumers()
     keeps = {x: _keeps_range(graph, recipe, x) for x in narrow}
 
@@ -225,3 +240,11 @@ def _keeps_range(graph: QuantGraph, recipe: Recipe, name: str) -> bool:
         ):
             return False
     return True
+
+
+def carried_in_8bit(t: TensorRecipe, mode: str) -> bool:
+    """Whether activation ``t`` is carried in 8-bit codes clipped to its grid (``mode``: see
+    :func:`~quantfw_onnx.lowering.write_qdq`'s ``narrow_activations``)."""
+    if mode != "any":
+        return mode == "clip_8bit"
+    return t.role == "activation" and not storage_of(t.spec).full_grid

@@ -58,16 +58,14 @@ from .per_token import (
     rewrite_token_matmul,
 )
 from .qoperator import to_qoperator
-from .static import clipped_activations, equalize_node, static_qdq
-from .storage import MIN_OPSET, required_opset, storage_of
+from .static import NARROW_MODES, carried_in_8bit, clipped_activations, equalize_node, static_qdq
+from .storage import MIN_OPSET, required_opset
 from .weights import ModelConstants, Weight, bake_float, bias_scale_ok, lower_constant
 
 __all__ = ["FORMATS", "NARROW_MODES", "write_qdq"]
 
 #: Output formats :func:`write_qdq` knows.
 FORMATS = ("qdq", "qoperator")
-#: Ways :func:`write_qdq` carries activation grids narrower than their ONNX type.
-NARROW_MODES = ("own_type", "clip_8bit", "any")
 
 
 @dataclass
@@ -102,7 +100,9 @@ class Writer:
             if t.spec.dynamic:
                 check_dynamic_spec(t)
         mode = self.narrow_activations
-        clip = {n: _clip_8bit(t, mode) for n, t in recipe.tensors.items() if not t.spec.dynamic}
+        clip = {
+            n: carried_in_8bit(t, mode) for n, t in recipe.tensors.items() if not t.spec.dynamic
+        }
         need = max([MIN_OPSET] + [required_opset(recipe.tensors[n], c) for n, c in clip.items()])
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
@@ -146,12 +146,7 @@ class Writer:
                 node = equalize_node(self.builder, name, name, eq)
                 after.setdefault(name, []).append(node)
                 rename_reads(g, name, node.output[0], self.readers_of(eq.consumers))
-        narrow = {
-            n
-            for n, t in static.items()
-            if clip[n] and not storage_of(t.spec, clip_8bit=True).full_grid
-        }
-        clipped = clipped_activations(self.graph, recipe, narrow)
+        clipped = clipped_activations(self.graph, recipe, {n for n in static if clip[n]})
         for name, t in static.items():
             src = source.get(name, name)
             out = name if name in source else self.builder.fresh(f"{name}_dequantized")
@@ -363,14 +358,6 @@ class Writer:
             raise LoweringError(f"no producer found for {sorted(after)}")
         del g.node[:]
         g.node.extend(order)
-
-
-def _clip_8bit(t: TensorRecipe, mode: str) -> bool:
-    """Whether activation ``t`` is carried in 8-bit codes clipped to its grid (``mode``: see
-    :func:`write_qdq`'s ``narrow_activations``)."""
-    if mode != "any":
-        return mode == "clip_8bit"
-    return t.role == "activation" and not storage_of(t.spec).full_grid
 
 
 def _stamp(m: onnx.ModelProto, target: str) -> None:
