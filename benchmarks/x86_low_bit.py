@@ -14,8 +14,8 @@ the quality of each against float (digits: accuracy; MiniLM: mean embedding cosi
 retrieval agreement), how far the artifact is from the simulation (digits: argmax agreement and
 max |difference| over the logits' range; MiniLM: mean and minimum embedding cosine between
 them), the artifact's size relative to float and the quantization seconds; for the CNN also the
-artifact's latency on the held-out batch (one thread, median of round-robin runs with a 0.1 s
-pause) and its ratio to the target default's (W8A8) artifact.
+artifact's latency on the held-out batch (one thread, CPU milliseconds per run, median of
+round-robin runs with a 0.1 s pause) and its ratio to the target default's (W8A8) artifact.
 
 ``--cpu avx2`` re-runs the whole script as an AVX2-only CPU (``quantfw_onnx.cpu_mask``): target
 ``x86`` then resolves to ``x86-avx2`` and ONNX Runtime runs its saturating AVX2 kernels.
@@ -106,7 +106,10 @@ def cnn_rows(workdir: Path) -> list[dict[str, Any]]:
 
 def _latencies(backend: Any, paths: dict[str, Path], x: np.ndarray) -> dict[str, float]:
     """Median seconds per run of each artifact on batch ``x``, one thread, round-robin with a
-    0.1 s pause before each artifact's turn (so none profits from a warmer cache or clock)."""
+    0.1 s pause before each artifact's turn (so none profits from a warmer cache or clock).
+    Timed as the calling thread's CPU time: with one intra-op thread ONNX Runtime runs the graph
+    in it, and CPU time does not count the time other processes of a shared machine take (their
+    wall times varied by 15 % between runs on a loaded 2-core machine, CPU time by 2-3 %)."""
     sessions = {k: backend.session(str(p), threads=1) for k, p in paths.items()}
     for s in sessions.values():
         for _ in range(3):
@@ -115,10 +118,10 @@ def _latencies(backend: Any, paths: dict[str, Path], x: np.ndarray) -> dict[str,
     for _ in range(ROUNDS):
         for k, s in sessions.items():
             time.sleep(0.1)
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             for _ in range(REPS):
                 s.run(None, {"image": x})
-            times[k].append((time.perf_counter() - t0) / REPS)
+            times[k].append((time.thread_time() - t0) / REPS)
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
