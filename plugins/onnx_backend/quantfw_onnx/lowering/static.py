@@ -245,6 +245,8 @@ def _keeps_range(graph: QuantGraph, recipe: Recipe, name: str) -> bool:
 def carried_in_8bit(t: TensorRecipe, mode: str) -> bool:
     """Whether activation ``t`` is carried in 8-bit codes clipped to its grid (``mode``: see
     :func:`~quantfw_onnx.lowering.write_qdq`'s ``narrow_activations``)."""
+    if t.role != "activation":
+        return False  # constants are stored in 8 bits anyway (storage_of(constant=True))
     if mode != "any":
         return mode == "clip_8bit"
-    return t.role == "activation" and not storage_of(t.spec).full_grid
+    return not storage_of(t.spec).full_grid

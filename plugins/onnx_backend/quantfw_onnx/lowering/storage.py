@@ -8,9 +8,9 @@ parameters are a blocked DequantizeLinear (``block_size``, opset 21), which no i
 reads; there codes that fit 4 bits are packed as INT4/UINT4 (ONNX Runtime fuses ``DQ -> MatMul``
 into ``MatMulNBits``).  Activations are stored in their grid's own type (int4: INT4, opset 21),
 as ``QuantizeLinear`` saturates to the type's range -- or, on targets with
-``allowed.narrow_activations = "clip_8bit"`` (x86), as INT8/UINT8 codes that a ``Clip`` restricts
-to the narrower grid, so the integer kernels still run them.  fp8 is FLOAT8E4M3FN/E5M2 (opset 19).  fp16/bf16 are casts, not
-quantization, and are refused.
+``allowed.narrow_activations = "clip_8bit"`` (x86), as INT8/UINT8 codes that a ``Clip``
+restricts to the narrower grid, so the integer kernels still run them.  fp8 is
+FLOAT8E4M3FN/E5M2 (opset 19).  fp16/bf16 are casts, not quantization, and are refused.
 """
 
 from __future__ import annotations
