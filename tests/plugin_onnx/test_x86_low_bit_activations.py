@@ -136,6 +136,27 @@ def _dq_codes(qm: onnx.ModelProto):
         yield q.name.removesuffix("_QuantizeLinear"), n.input[0], q.input[0], readers[n.output[0]]
 
 
+def _check_codes(kit, qm: onnx.ModelProto, res, feeds) -> int:
+    """Run ``qm`` as written and check every activation's codes that a compute op reads: in the
+    spec's grid and equal to the reference quantization (:func:`quantfw.numerics.quantize`) of
+    the float tensor its QuantizeLinear reads.  Returns how many tensors were checked."""
+    found = list(_dq_codes(qm))
+    names = [f for _, c, f, _ in found] + [c for _, c, _, _ in found]
+    outs = kit.ort_run(kit.with_outputs(qm, names), feeds, names, optimize=False)
+    acts = res.recipe.of_role("activation")
+    checked = 0
+    for name, codes, before, read_by in found:
+        t = acts[name]
+        got = outs[codes]
+        assert got.dtype == t.spec.format.storage, name
+        if set(read_by) <= RANGE_KEEPING_OPS:
+            continue  # its Clip is deferred past the max-pool (see quantfw_onnx.lowering.static)
+        assert got.max() <= t.spec.qmax and got.min() >= t.spec.qmin, name
+        np.testing.assert_array_equal(got, quantize(outs[before], t.params, t.spec), err_msg=name)
+        checked += 1
+    return checked
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_codes_stay_in_the_narrow_grid_and_the_integer_kernels_run(
     artifacts, digits, kit, target, tmp_path
@@ -153,21 +174,7 @@ def test_codes_stay_in_the_narrow_grid_and_the_integer_kernels_run(
         lo, hi = (inits[i] for i in n.input[1:])
         assert lo.data_type == hi.data_type == TensorProto.UINT8
         assert (int(numpy_helper.to_array(lo)), int(numpy_helper.to_array(hi))) == (0, 15)
-    found = list(_dq_codes(qm))
-    names = [f for _, c, f, _ in found] + [c for _, c, _, _ in found]
-    x = data.x_test[:64]
-    outs = kit.ort_run(kit.with_outputs(qm, names), {"image": x}, names, optimize=False)
-    acts = res.recipe.of_role("activation")
-    checked = 0
-    for name, codes, before, read_by in found:
-        t = acts[name]
-        got = outs[codes]
-        assert got.dtype == np.uint8
-        if set(read_by) <= RANGE_KEEPING_OPS:
-            continue  # its Clip is deferred past the max-pool (see quantfw_onnx.lowering.static)
-        assert got.max() <= t.spec.qmax and got.min() >= t.spec.qmin, name
-        np.testing.assert_array_equal(got, quantize(outs[before], t.params, t.spec), err_msg=name)
-        checked += 1
+    checked = _check_codes(kit, qm, res, {"image": data.x_test[:64]})
     assert checked >= 4  # relu1, pool1 (conv3's input), flat (fc1's), relu4 (fc2's)
     # ONNX Runtime keeps the integer kernels around the Clips
     so = ort.SessionOptions()
@@ -195,6 +202,28 @@ def test_the_x86_target_this_cpu_resolves_to(digits, tmp_path):
     sim = res.simulate()({"image": x})["logits"]
     assert np.mean(ran.argmax(-1) == sim.argmax(-1)) == 1.0
     assert np.abs(ran - sim).max() <= _last_input_step(res)
+
+
+def test_a_residual_cnn_with_concat_and_pooling(kit, tmp_path):
+    """Graph input, max-pool, residual add, concat, global pooling, flatten: uint4 everywhere,
+    the graph input clipped too; codes in the grid and the artifact equal to the simulation."""
+    model = kit.build_cnn()
+    rng = np.random.default_rng(0)
+    calib = {"input": rng.standard_normal((16, 3, 16, 16)).astype(np.float32)}
+    path = tmp_path / "cnn.onnx"
+    over = {"activation": {"bits": 4}}
+    res = quantfw.quantize(model, calib, target="x86-vnni", output=path, overrides=over)
+    qm = onnx.load(str(path))
+    clipped = {n.input[0].removesuffix("_quantized") for n in qm.graph.node if n.op_type == "Clip"}
+    assert "input" in clipped
+    x = {"input": rng.standard_normal((8, 3, 16, 16)).astype(np.float32)}
+    assert _check_codes(kit, qm, res, x) >= 4
+    sim = next(iter(res.simulate()(x).values()))
+    backend = OnnxRuntimeBackend()
+    exact = backend.session(path, optimized=False).run(None, x)[0]
+    np.testing.assert_allclose(exact, sim, rtol=0, atol=1e-5 * float(np.ptp(sim)))
+    fused = backend.session(path).run(None, x)[0]
+    assert np.abs(fused - sim).max() <= 1e-2 * float(np.ptp(sim))
 
 
 def test_qoperator_format_keeps_the_clips(artifacts, digits, tmp_path):
