@@ -1,4 +1,4 @@
-"""Weights below 8 bits on x86: what ONNX Runtime computes against what quantfw simulates.
+"""Weights and activations below 8 bits on x86: ONNX Runtime's artifact against quantfw's simulation.
 
     python benchmarks/x86_low_bit.py [--cpu native|avx2] [--models cnn,minilm]
                                      [--n-calib 64] [--n-eval 256] [--seq 128]
@@ -6,13 +6,16 @@
 For the digits CNN and all-MiniLM-L6-v2 (real weights, real sentences: the standard library's
 docstrings), each weight format quantized for target ``x86`` -- the target's own (int8), int4,
 int3 and int2 per channel with quantized activations (W4A8...: int8 codes in the narrower range,
-ONNX Runtime's integer kernels), and int4 per group of 32, weight-only (packed, ``MatMulNBits``)
--- is run twice on the same held-out inputs: as the ONNX Runtime artifact (all optimizations on,
+ONNX Runtime's integer kernels), uint4/uint3 activations (W8A4, W4A4, W4A3: uint8 codes clipped
+to the narrow grid between QuantizeLinear and DequantizeLinear, the integer kernels kept) and int4
+per group of 32, weight-only (packed, ``MatMulNBits``) -- is run twice on the same held-out inputs: as the ONNX Runtime artifact (all optimizations on,
 the backend's session) and as quantfw's simulation (``result.simulate()``).  Printed per row:
 the quality of each against float (digits: accuracy; MiniLM: mean embedding cosine and top-1
 retrieval agreement), how far the artifact is from the simulation (digits: argmax agreement and
 max |difference| over the logits' range; MiniLM: mean and minimum embedding cosine between
-them), the artifact's size relative to float and the quantization seconds.
+them), the artifact's size relative to float and the quantization seconds; for the CNN also the
+artifact's latency on the held-out batch (one thread, CPU milliseconds per run, median of
+round-robin runs with a 0.1 s pause) and its ratio to the target default's (W8A8) artifact.
 
 ``--cpu avx2`` re-runs the whole script as an AVX2-only CPU (``quantfw_onnx.cpu_mask``): target
 ``x86`` then resolves to ``x86-avx2`` and ONNX Runtime runs its saturating AVX2 kernels.
@@ -34,18 +37,25 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 FORMATS: list[tuple[str, dict[str, Any] | None]] = [
-    ("target default (int8)", None),
-    ("W4A8 int4 per-channel", {"dtype": "int4"}),
-    ("W3A8 int3 per-channel", {"dtype": "int3"}),
-    ("W2A8 int2 per-channel", {"dtype": "int2"}),
-    ("W4 int4 g32 weight-only", {"dtype": "int4", "granularity": "per_group", "group_size": 32}),
+    ("target default (W8A8)", None),
+    ("W4A8 int4 per-channel", {"weight": {"dtype": "int4"}}),
+    ("W3A8 int3 per-channel", {"weight": {"dtype": "int3"}}),
+    ("W2A8 int2 per-channel", {"weight": {"dtype": "int2"}}),
+    ("W8A4 uint4 activations", {"activation": {"bits": 4}}),
+    ("W4A4 int4 / uint4", {"weight": {"bits": 4}, "activation": {"bits": 4}}),
+    ("W4A3 int4 / uint3", {"weight": {"bits": 4}, "activation": {"bits": 3}}),
+    (
+        "W4 int4 g32 weight-only",
+        {"weight": {"dtype": "int4", "granularity": "per_group", "group_size": 32}},
+    ),
 ]
+#: rounds of the round-robin latency measurement (CNN), each artifact run ``REPS`` times a round
+ROUNDS, REPS = 30, 10
 
 
-def _quantize(model: Any, calib: Any, out: Path, weight: dict[str, Any] | None):
+def _quantize(model: Any, calib: Any, out: Path, overrides: dict[str, Any] | None):
     import quantfw
 
-    overrides = {"weight": weight} if weight else None
     t0 = time.perf_counter()
     res = quantfw.quantize(model, calib, target="x86", output=str(out), overrides=overrides)
     return res, time.perf_counter() - t0
@@ -68,9 +78,11 @@ def cnn_rows(workdir: Path) -> list[dict[str, Any]]:
     x = data.x_test
     float_acc = data.accuracy(backend.session(str(float_path)).run(None, {"image": x})[0])
     rows = [{"system": "float", "accuracy": float_acc, "size": 1.0}]
-    for label, weight in FORMATS:
+    paths = {"float": float_path}
+    for label, overrides in FORMATS:
         out = workdir / f"digits.{label.split()[0]}.onnx"
-        res, secs = _quantize(model, data.x_calib, out, weight)
+        paths[label] = out
+        res, secs = _quantize(model, data.x_calib, out, overrides)
         art = backend.session(str(out)).run(None, {"image": x})[0]
         sim = res.simulate()({"image": x})["logits"]
         rows.append(
@@ -84,7 +96,33 @@ def cnn_rows(workdir: Path) -> list[dict[str, Any]]:
                 "quant_s": secs,
             }
         )
+    latency = _latencies(backend, paths, x)
+    base = latency[FORMATS[0][0]]
+    for row in rows:
+        row["ms_batch"] = latency[row["system"]] * 1e3
+        row["vs_W8A8"] = latency[row["system"]] / base
     return rows
+
+
+def _latencies(backend: Any, paths: dict[str, Path], x: np.ndarray) -> dict[str, float]:
+    """Median seconds per run of each artifact on batch ``x``, one thread, round-robin with a
+    0.1 s pause before each artifact's turn (so none profits from a warmer cache or clock).
+    Timed as the calling thread's CPU time: with one intra-op thread ONNX Runtime runs the graph
+    in it, and CPU time does not count the time other processes of a shared machine take (their
+    wall times varied by 15 % between runs on a loaded 2-core machine, CPU time by 2-3 %)."""
+    sessions = {k: backend.session(str(p), threads=1) for k, p in paths.items()}
+    for s in sessions.values():
+        for _ in range(3):
+            s.run(None, {"image": x})
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(ROUNDS):
+        for k, s in sessions.items():
+            time.sleep(0.1)
+            t0 = time.thread_time()
+            for _ in range(REPS):
+                s.run(None, {"image": x})
+            times[k].append((time.thread_time() - t0) / REPS)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def minilm_rows(workdir: Path, n_calib: int, n_eval: int, seq: int) -> list[dict[str, Any]]:
@@ -102,9 +140,9 @@ def minilm_rows(workdir: Path, n_calib: int, n_eval: int, seq: int) -> list[dict
     backend = OnnxRuntimeBackend()
     ref = embed(backend.session(str(path)), tok, ev)
     rows = [{"system": "float", "cos_mean": 1.0, "top1_agree": 1.0, "size": 1.0}]
-    for label, weight in FORMATS:
+    for label, overrides in FORMATS:
         out = workdir / f"minilm.{label.split()[0]}.onnx"
-        res, secs = _quantize(str(path), calib, out, weight)
+        res, secs = _quantize(str(path), calib, out, overrides)
         art = embed(backend.session(str(out)), tok, ev)
         sim = embed(res.simulate(), tok, ev)
         m_art, m_sim = embedding_metrics(art, ref), embedding_metrics(sim, ref)

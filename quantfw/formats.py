@@ -97,7 +97,9 @@ FORMATS: dict[str, NumberFormat] = {
     "int4": _int("int4", 4, True),
     "uint4": _int("uint4", 4, False),
     "int3": _int("int3", 3, True),
+    "uint3": _int("uint3", 3, False),
     "int2": _int("int2", 2, True),
+    "uint2": _int("uint2", 2, False),
     # Ternary {-1, 0, 1}: a 2-bit signed code that never uses -2 (always narrow).
     "ternary": IntFormat("ternary", 2, True, -1, 1, np.dtype(np.int8)),
     # Accumulator / bias format (scale = input scale * weight scale, zero point 0).
@@ -145,11 +147,13 @@ def canonical_name(name: str) -> str:
 
 
 def int_format_for_bits(bits: int, signed: bool = True) -> IntFormat:
-    """The integer format with ``bits`` bits (2, 3, 4, 7 or 8)."""
+    """The integer format with ``bits`` bits (signed: 2, 3, 4, 7 or 8; unsigned: 2, 3, 4 or 8)."""
     name = f"{'' if signed else 'u'}int{bits}"
     fmt = FORMATS.get(name)
     if not isinstance(fmt, IntFormat):
-        options = sorted({f.bits for f in FORMATS.values() if isinstance(f, IntFormat)})
+        options = sorted(
+            {f.bits for f in FORMATS.values() if isinstance(f, IntFormat) and f.signed == signed}
+        )
         raise ValueError(
             f"no {'signed' if signed else 'unsigned'} integer format with {bits} bits; "
             f"choose bits from {options}"

@@ -26,7 +26,7 @@ from quantfw.numerics import (
 from quantfw.spec import QuantParams, QuantSpec
 
 F32 = np.float32
-INT_FORMATS = ["int8", "uint8", "int4", "uint4", "int3", "int2", "ternary"]
+INT_FORMATS = ["int8", "uint8", "int4", "uint4", "int3", "uint3", "int2", "uint2", "ternary"]
 FLOAT_FORMATS = ["fp8_e4m3fn", "fp8_e5m2", "fp16", "bf16"]
 
 # (dtype, symmetric, narrow_range) for every valid integer combination.

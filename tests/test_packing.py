@@ -12,7 +12,18 @@ from hypothesis.extra import numpy as hnp
 from quantfw.formats import get_format
 from quantfw.packing import bits_per_code, pack, packed_nbytes, unpack
 
-INT_FORMATS = ["int8", "uint8", "int4", "uint4", "int3", "int2", "ternary", "int32"]
+INT_FORMATS = [
+    "int8",
+    "uint8",
+    "int4",
+    "uint4",
+    "int3",
+    "uint3",
+    "int2",
+    "uint2",
+    "ternary",
+    "int32",
+]
 
 
 @st.composite

@@ -260,6 +260,12 @@ BAD_VALUES = [
         "allowed.weight_only_granularities[0]",
         ["'per_row'", "per_group"],
     ),
+    (
+        "allowed.narrow_activations",
+        "clip",
+        "allowed.narrow_activations",
+        ["'clip'", "own_type, clip_8bit"],
+    ),
 ]
 
 
@@ -576,3 +582,15 @@ def test_backends_are_a_list_of_names_in_order() -> None:
     doc["backends"] = "onnxruntime"
     with pytest.raises(TargetSpecError, match=r"mini\.toml: backends: 'onnxruntime'.*an array"):
         TargetSpec.from_dict(doc, source="mini.toml")
+
+
+def test_narrow_activations_default_and_round_trip() -> None:
+    """``allowed.narrow_activations``: ``own_type`` unless a target says ``clip_8bit`` (x86:
+    activations below 8 bits as clipped 8-bit codes), kept by ``to_dict``."""
+    assert TargetSpec.from_dict(minimal()).allowed.narrow_activations == "own_type"
+    doc = minimal()
+    _set(doc, "allowed.narrow_activations", "clip_8bit")
+    t = TargetSpec.from_dict(doc)
+    assert t.allowed.narrow_activations == "clip_8bit"
+    assert t.to_dict()["allowed"]["narrow_activations"] == "clip_8bit"
+    assert TargetSpec.from_dict(t.to_dict()) == t

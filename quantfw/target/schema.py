@@ -61,7 +61,10 @@ ALLOWED_KEYS = (
     "per_op",
     "weight_only_dtypes",
     "weight_only_granularities",
+    "narrow_activations",
 )
+#: How activation grids narrower than their 8-bit storage are deployed (``allowed.narrow_activations``).
+NARROW_ACTIVATIONS = ("own_type", "clip_8bit")
 ALLOWED_SET_KEYS = ("dtypes", "granularities", "symmetric", "narrow_range", "group_sizes")
 #: An activation's allowed set has no group sizes (activations are never per-group).
 ALLOWED_ACTIVATION_SET_KEYS = ALLOWED_SET_KEYS[:-1]

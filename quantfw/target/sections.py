@@ -102,6 +102,10 @@ class Allowed:
     per_op: Mapping[OpKind, tuple[AllowedSet, AllowedSet]] = field(default_factory=dict)
     weight_only_dtypes: tuple[str, ...] = ()
     weight_only_granularities: tuple[str, ...] = ()
+    #: ``"own_type"``: an activation is quantized into its grid's own type (int4: INT4), so
+    #: only whole types deploy; ``"clip_8bit"``: integer grids of at most 8 bits are carried in
+    #: uint8/int8 codes restricted to the grid by a clip on the codes (docs/targets.md).
+    narrow_activations: str = "own_type"
 
     def weight_only(self, spec: QuantSpec) -> bool:
         """Whether a layer whose weight gets ``spec`` runs weight-only (activations float)."""

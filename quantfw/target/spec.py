@@ -155,6 +155,7 @@ class TargetSpec:
                 "activation": self.allowed.activation.to_dict(weights=False),
                 "weight_only_dtypes": list(self.allowed.weight_only_dtypes),
                 "weight_only_granularities": list(self.allowed.weight_only_granularities),
+                "narrow_activations": self.allowed.narrow_activations,
                 "per_op": {
                     k.value: {"weight": w.to_dict(), "activation": a.to_dict(weights=False)}
                     for k, (w, a) in self.allowed.per_op.items()

@@ -266,7 +266,13 @@ class TargetParser(TomlReader):
             )
             for i, v in enumerate(wog)
         )
-        return Allowed(weight, act, per_op, wo, grans)
+        narrow = self.choice(
+            tbl.get("narrow_activations", "own_type"),
+            "allowed.narrow_activations",
+            schema.NARROW_ACTIVATIONS,
+            "a way to deploy narrow activations",
+        )
+        return Allowed(weight, act, per_op, wo, grans, narrow)
 
     def ops(self, value: Any) -> OpRules:
         tbl = self.table(value, "ops", schema.OPS_KEYS)

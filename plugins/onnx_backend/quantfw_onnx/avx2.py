@@ -38,6 +38,8 @@ __all__ = [
     "INT16_MAX",
     "PAIR_LIMIT",
     "max_kernel_pair_sum",
+    "saturates_on_avx2",
+    "kernel_pairs",
     "u8s8_matmul_avx2",
     "u8s8_matmul_exact",
     "max_safe_weight_code",
@@ -144,36 +146,72 @@ def max_kernel_pair_sum(model: Any) -> int:
     Runtime would read in ``model`` (an ``onnx.ModelProto``): initializers of integer ops, and
     ``DequantizeLinear`` weights read by ``MatMul``/``Gemm``/``Conv`` (which ONNX Runtime fuses
     into integer kernels).  Depthwise convolutions (exact kernel) and weights stored outside the
-    model file are skipped.  Above :data:`PAIR_LIMIT` the model saturates on AVX2 without VNNI."""
+    model file are skipped.  Above :data:`PAIR_LIMIT` the model saturates on AVX2 without VNNI
+    -- unless its activations are narrower (:func:`saturates_on_avx2`)."""
+    return max((pair for pair, _ in kernel_pairs(model)), default=0)
+
+
+def saturates_on_avx2(model: Any) -> bool:
+    """Whether some integer kernel of ``model`` can saturate the AVX2 kernel's int16 pair sums:
+    its weights' largest pair sum times the largest activation code it can read exceeds
+    :data:`INT16_MAX`.  The activation bound is 255 unless the kernel reads uint8 codes that a
+    ``Clip`` restricted (activations below 8 bits, ``allowed.narrow_activations``): uint4 codes
+    (at most 15) never saturate with int8 weights (15 * 254 < 32767)."""
+    return any(pair * act > INT16_MAX for pair, act in kernel_pairs(model))
+
+
+def kernel_pairs(model: Any) -> list[tuple[int, int]]:
+    """``(largest |b[2j] + b[2j+1]|, largest activation code read)`` per integer kernel's int8
+    weight in ``model`` (see :func:`max_kernel_pair_sum` for which weights count)."""
     from onnx import TensorProto, numpy_helper
 
     from quantfw.pairs import max_pair_sum
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
     readers: dict[str, list[Any]] = {}
     for n in g.node:
         for i, x in enumerate(n.input):
             readers.setdefault(x, []).append((n, i))
-    worst = 0
+    out: list[tuple[int, int]] = []
 
-    def visit(name: str, layout: str, reader: Any) -> None:
-        nonlocal worst
+    def visit(name: str, layout: str, reader: Any, codes_in: str) -> None:
         t = inits.get(name)
         if t is None or t.data_type != TensorProto.INT8 or t.data_location == TensorProto.EXTERNAL:
             return
         codes = numpy_helper.to_array(t)
         if codes.size and not (layout == "conv" and _depthwise(reader, codes)):
-            worst = max(worst, max_pair_sum(codes, layout))
+            out.append((max_pair_sum(codes, layout), _clipped_max(codes_in, producer, inits)))
 
     for n in g.node:
         if n.op_type in _KERNEL_WEIGHTS:
             k, layout = _KERNEL_WEIGHTS[n.op_type]
             if k < len(n.input):
-                visit(n.input[k], layout, n)
+                visit(n.input[k], layout, n, n.input[0])
         elif n.op_type == "DequantizeLinear" and n.input[0] in inits:
             for reader, idx in readers.get(n.output[0], []):
                 layout = _dq_layout(reader)
                 if idx == 1 and layout is not None:
-                    visit(n.input[0], layout, reader)
-    return worst
+                    act = producer.get(reader.input[0])
+                    codes_in = (
+                        act.input[0]
+                        if act is not None and act.op_type == "DequantizeLinear"
+                        else ""
+                    )
+                    visit(n.input[0], layout, reader, codes_in)
+    return out
+
+
+def _clipped_max(codes: str, producer: dict[str, Any], inits: dict[str, Any]) -> int:
+    """The largest uint8 activation code tensor ``codes`` can hold: a ``Clip``'s constant upper
+    bound on uint8 codes, else 255."""
+    from onnx import TensorProto, numpy_helper
+
+    clip = producer.get(codes)
+    if clip is None or clip.op_type != "Clip" or len(clip.input) < 3:
+        return 255
+    hi = inits.get(clip.input[2])
+    if hi is None or hi.data_type != TensorProto.UINT8:
+        return 255
+    return int(numpy_helper.to_array(hi))

@@ -29,7 +29,7 @@ from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 from quantfw.target import TargetSpec
 
-from .avx2 import PAIR_LIMIT, max_kernel_pair_sum
+from .avx2 import PAIR_LIMIT, max_kernel_pair_sum, saturates_on_avx2
 from .cpu import cpu_vnni, saturation_warning
 from .opset import default_opset
 
@@ -112,8 +112,8 @@ def artifact_stats(model: Any) -> dict[str, Any]:
         "matmul_integer": ops.get("MatMulInteger", 0),
         "int8_weight_tensors": int8_weights,
         "max_weight_code": max_code,
-        "max_pair_sum": (pair := max_kernel_pair_sum(model)),
-        "needs_vnni": pair > PAIR_LIMIT,
+        "max_pair_sum": max_kernel_pair_sum(model),
+        "needs_vnni": saturates_on_avx2(model),
     }
 
 
@@ -157,7 +157,9 @@ class OnnxRuntimeBackend:
         ``model`` is the float ONNX model (a ModelProto or a path); when ``graph`` records the
         capture's prepared model (``graph.forms["onnx"]``) that one is lowered, since the
         recipe's tensor names are its names.  ``target`` names the artifact's target (default:
-        the recipe's).
+        the recipe's) and says how activations below 8 bits are carried
+        (``allowed.narrow_activations``; without it, this plugin's own target of the recipe's
+        name, e.g. ``x86-vnni``: uint8 codes clipped to the narrow grid).
 
         The format is the backend's ``fmt``: ``"qdq"`` (the default) or ``"qoperator"`` -- the same QDQ model with
         its quantized Conv/MatMul/Gemm rewritten as QLinearConv/QLinearMatMul/MatMulInteger/
@@ -180,7 +182,8 @@ class OnnxRuntimeBackend:
         if isinstance(model, (str, os.PathLike)):
             check_not_input(output, [model])
         source = _load_model(model, graph)
-        qmodel = write_qdq(source, graph, recipe, fmt=self.fmt)
+        narrow = _narrow_activations(target, recipe.target)
+        qmodel = write_qdq(source, graph, recipe, fmt=self.fmt, narrow_activations=narrow)
         stats = artifact_stats(qmodel)
         if self.fmt == "qoperator":
             from .lowering import qoperator_stats
@@ -291,6 +294,19 @@ class OnnxRuntimeBackend:
             sess = self.session(path, optimized=True, threads=self.threads)
             self._sessions = {key: sess}  # keep one: artifacts are rewritten in place
         return run_session(sess, inputs)
+
+
+def _narrow_activations(target: TargetSpec | None, name: str) -> str:
+    """``allowed.narrow_activations`` of ``target``, else of this plugin's target ``name``
+    (``"own_type"`` for a target it does not ship)."""
+    if target is None:
+        path = Path(__file__).resolve().parent / "targets" / f"{name}.toml"
+        if not path.is_file():
+            return "own_type"
+        from quantfw.target import load_target
+
+        target = load_target(path)
+    return target.allowed.narrow_activations
 
 
 _ORT_NUMPY = {

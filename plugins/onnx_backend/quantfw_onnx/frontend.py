@@ -125,7 +125,7 @@ class OnnxFrontend:
             return collect(source, tensors, batches, initializers=weights, threads=self.threads)
         from .lowering import write_qdq
 
-        qdq = write_qdq(source, graph, recipe, fmt="qdq")
+        qdq = write_qdq(source, graph, recipe, fmt="qdq", narrow_activations="any")
         names = [_before_quantizer(qdq, t) for t in tensors]
         outs = collect(qdq, names, batches, threads=self.threads, optimize=False)
         return ({t: o[n] for t, n in zip(tensors, names, strict=True)} for o in outs)
@@ -136,7 +136,7 @@ class OnnxFrontend:
         from .lowering import write_qdq
 
         source = self._source(model, graph)
-        qdq = write_qdq(source, graph, recipe, fmt="qdq")
+        qdq = write_qdq(source, graph, recipe, fmt="qdq", narrow_activations="any")
         session = OrtSession(qdq, threads=self.threads, optimize=False)
         outputs = list(graph.outputs)
 

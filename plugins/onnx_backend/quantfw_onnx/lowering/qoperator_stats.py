@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ..avx2 import PAIR_LIMIT, max_kernel_pair_sum
+from ..avx2 import max_kernel_pair_sum, saturates_on_avx2
 from ..opset import DEFAULT_DOMAINS
 
 __all__ = ["qoperator_census", "qoperator_stats"]
@@ -77,8 +77,8 @@ def qoperator_stats(model: onnx.ModelProto) -> dict[str, Any]:
     return {
         "int8_weight_tensors": len(seen),
         "max_weight_code": max_code,
-        "max_pair_sum": (pair := max_kernel_pair_sum(model)),
-        "needs_vnni": pair > PAIR_LIMIT,
+        "max_pair_sum": max_kernel_pair_sum(model),
+        "needs_vnni": saturates_on_avx2(model),
         "qlinear_conv": census["QLinearConv"],
         "qlinear_matmul": census["QLinearMatMul"],
         "conv_integer": census["ConvInteger"],

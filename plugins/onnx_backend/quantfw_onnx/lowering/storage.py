@@ -7,8 +7,10 @@ exactly (the narrower range is the recipe's, the kernel just sees small codes). 
 parameters are a blocked DequantizeLinear (``block_size``, opset 21), which no integer kernel
 reads; there codes that fit 4 bits are packed as INT4/UINT4 (ONNX Runtime fuses ``DQ -> MatMul``
 into ``MatMulNBits``).  Activations are stored in their grid's own type (int4: INT4, opset 21),
-as ``QuantizeLinear`` saturates to the type's range.  fp8 is FLOAT8E4M3FN/E5M2 (opset 19).  fp16/bf16 are casts, not
-quantization, and are refused.
+as ``QuantizeLinear`` saturates to the type's range -- or, on targets with
+``allowed.narrow_activations = "clip_8bit"`` (x86), as INT8/UINT8 codes that a ``Clip``
+restricts to the narrower grid, so the integer kernels still run them.  fp8 is
+FLOAT8E4M3FN/E5M2 (opset 19).  fp16/bf16 are casts, not quantization, and are refused.
 """
 
 from __future__ import annotations
@@ -56,13 +58,17 @@ class Storage:
     full_grid: bool
 
 
-def storage_of(spec: QuantSpec, constant: bool = False) -> Storage:
+def storage_of(spec: QuantSpec, constant: bool = False, clip_8bit: bool = False) -> Storage:
     """The ONNX storage of codes in ``spec``'s format.
 
     :param constant: ``True`` for codes written once into the file (weights, biases): a
         per-tensor or per-channel grid of at most 8 bits is then stored in 8 bits, so ONNX
         Runtime's integer kernels read it.  Activations are quantized by ``QuantizeLinear`` at
-        run time and need their grid's own type (int4 activations: INT4).
+        run time and need their grid's own type (int4 activations: INT4)...
+    :param clip_8bit: ...unless the target carries narrow activations in 8 bits
+        (``allowed.narrow_activations = "clip_8bit"``): then an activation grid of at most 8
+        bits is stored as INT8/UINT8 too, and ``full_grid`` says whether the lowering must
+        restrict the codes (:func:`~quantfw_onnx.lowering.static.static_qdq` adds a ``Clip``).
     :raises LoweringError: for formats ONNX's DequantizeLinear cannot take (fp16, bf16).
     """
     import ml_dtypes
@@ -84,7 +90,7 @@ def storage_of(spec: QuantSpec, constant: bool = False) -> Storage:
     full = (spec.qmin, spec.qmax) == (fmt.qmin, fmt.qmax)
     if fmt.name == "int32":
         return Storage(TensorProto.INT32, np.int32, MIN_OPSET, full)
-    packed = spec.granularity is Granularity.PER_GROUP or not constant
+    packed = spec.granularity is Granularity.PER_GROUP or not (constant or clip_8bit)
     if packed and fmt.bits <= 4:
         if fmt.signed:  # int4, and int3/int2/ternary whose codes fit int4
             return Storage(TensorProto.INT4, ml_dtypes.int4, 21, full and fmt.bits == 4)
@@ -96,9 +102,10 @@ def storage_of(spec: QuantSpec, constant: bool = False) -> Storage:
     raise LoweringError(f"no ONNX storage for unsigned {fmt.bits}-bit format {fmt.name!r}")
 
 
-def required_opset(t: TensorRecipe) -> int:
-    """The lowest default-domain opset whose Q/DQ can carry ``t`` (type and granularity)."""
-    need = storage_of(t.spec, constant=t.role != "activation").opset
+def required_opset(t: TensorRecipe, clip_8bit: bool = False) -> int:
+    """The lowest default-domain opset whose Q/DQ can carry ``t`` (type and granularity);
+    ``clip_8bit`` as in :func:`storage_of`."""
+    need = storage_of(t.spec, constant=t.role != "activation", clip_8bit=clip_8bit).opset
     if t.spec.granularity is Granularity.PER_GROUP:
         need = max(need, 21)  # blocked DequantizeLinear (block_size)
     return need

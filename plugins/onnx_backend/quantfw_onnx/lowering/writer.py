@@ -58,11 +58,11 @@ from .per_token import (
     rewrite_token_matmul,
 )
 from .qoperator import to_qoperator
-from .static import equalize_node, static_qdq
+from .static import NARROW_MODES, carried_in_8bit, clipped_activations, equalize_node, static_qdq
 from .storage import MIN_OPSET, required_opset
 from .weights import ModelConstants, Weight, bake_float, bias_scale_ok, lower_constant
 
-__all__ = ["FORMATS", "write_qdq"]
+__all__ = ["FORMATS", "NARROW_MODES", "write_qdq"]
 
 #: Output formats :func:`write_qdq` knows.
 FORMATS = ("qdq", "qoperator")
@@ -76,6 +76,8 @@ class Writer:
     graph: QuantGraph
     recipe: Recipe
     builder: Builder = field(default_factory=Builder)
+    #: the target's ``allowed.narrow_activations`` (``"own_type"`` or ``"clip_8bit"``)
+    narrow_activations: str = "own_type"
 
     def readers_of(self, consumers: tuple[str, ...] | None) -> set[str] | None:
         """The ONNX node names of graph nodes ``consumers``; ``None`` means every reader."""
@@ -97,9 +99,11 @@ class Writer:
         for t in recipe.tensors.values():
             if t.spec.dynamic:
                 check_dynamic_spec(t)
-        need = max(
-            [MIN_OPSET] + [required_opset(t) for t in recipe.tensors.values() if not t.spec.dynamic]
-        )
+        mode = self.narrow_activations
+        clip = {
+            n: carried_in_8bit(t, mode) for n, t in recipe.tensors.items() if not t.spec.dynamic
+        }
+        need = max([MIN_OPSET] + [required_opset(recipe.tensors[n], c) for n, c in clip.items()])
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
         m = raise_opset(m, need)
@@ -142,11 +146,22 @@ class Writer:
                 node = equalize_node(self.builder, name, name, eq)
                 after.setdefault(name, []).append(node)
                 rename_reads(g, name, node.output[0], self.readers_of(eq.consumers))
+        clipped = clipped_activations(self.graph, recipe, {n for n in static if clip[n]})
         for name, t in static.items():
             src = source.get(name, name)
             out = name if name in source else self.builder.fresh(f"{name}_dequantized")
             eq = recipe.equalizations.get(name)
-            after.setdefault(src, []).extend(static_qdq(self.builder, name, src, out, t, eq))
+            nodes = static_qdq(
+                self.builder,
+                name,
+                src,
+                out,
+                t,
+                eq,
+                clip_8bit=clip[name],
+                in_range=name not in clipped,
+            )
+            after.setdefault(src, []).extend(nodes)
             if name not in source:
                 rename_reads(g, name, out, self.readers_of(t.consumers))
         for name, d in dynamic.items():
@@ -363,7 +378,12 @@ def _stamp(m: onnx.ModelProto, target: str) -> None:
 
 
 def write_qdq(
-    model: onnx.ModelProto, graph: QuantGraph, recipe: Recipe, *, fmt: str = "qdq"
+    model: onnx.ModelProto,
+    graph: QuantGraph,
+    recipe: Recipe,
+    *,
+    fmt: str = "qdq",
+    narrow_activations: str = "own_type",
 ) -> onnx.ModelProto:
     """A new ONNX model computing ``model`` with ``recipe``'s quantization (``model`` untouched).
 
@@ -373,13 +393,22 @@ def write_qdq(
     :param recipe: the quantization decisions and numbers.
     :param fmt: ``"qdq"`` (QuantizeLinear/DequantizeLinear around float ops; ONNX Runtime fuses
         them into integer kernels) or ``"qoperator"`` (QLinearConv/QLinearMatMul/MatMulInteger).
+    :param narrow_activations: the target's ``allowed.narrow_activations``: ``"own_type"`` (an
+        activation is quantized into its grid's own ONNX type) or ``"clip_8bit"`` (integer grids
+        of at most 8 bits in uint8/int8 codes, clipped to the grid: see :mod:`.static`); or
+        ``"any"``, the simulation's: the own type where it is the whole grid, else ``clip_8bit``.
     :raises LoweringError: naming the tensor and what ONNX cannot express.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"write_qdq takes an onnx.ModelProto, not {type(model).__name__}")
-    qdq = Writer(model, graph, recipe).run()
+    if narrow_activations not in NARROW_MODES:
+        raise ValueError(
+            f"unknown narrow_activations {narrow_activations!r}; choose one of "
+            + ", ".join(NARROW_MODES)
+        )
+    qdq = Writer(model, graph, recipe, narrow_activations=narrow_activations).run()
     if fmt == "qoperator":
         # computed from the QDQ model, so codes, scales and zero points are the recipe's; what
         # matches no integer operator keeps its Q/DQ (see .qoperator)
