@@ -30,8 +30,9 @@ Every figure is measured twice: on the deployed artifact (target ``x86``, run by
 backend's session, all optimizations on) and on quantfw's simulation (``result.simulate()``);
 ``quant_s`` is the wall time of ``quantfw.quantize`` (capture, calibration, every stage, the
 artifact).  Algorithms get ``seed=--seed`` when their factory takes a ``seed`` option; with
-``--quick`` also a smaller iteration count when the factory names one (``iters``, ``iterations``,
-``num_iterations`` or ``steps``).  ``--options '{"adaround": {"iters": 500}}'`` passes options
+``--quick`` also a smaller iteration count (200) when it takes one named ``iters``,
+``iterations``, ``num_iterations`` or ``steps`` (the harness builds the algorithm once with each
+to find out).  ``--options '{"adaround": {"iters": 500}}'`` passes options
 explicitly.  Results are deterministic for a seed, wall times apart.  Each row is reported on
 stderr as it finishes; the tables go to stdout.
 """
@@ -39,7 +40,6 @@ stderr as it finishes; the tables go to stdout.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
@@ -79,15 +79,14 @@ def algorithm_list(method: str, variant: str) -> list[str]:
     return names
 
 
-def _factory_params(info: Any) -> set[str] | None:
-    """Keyword options an algorithm's factory names; ``None`` when it takes ``**options``."""
+def _accepts(info: Any, key: str, value: Any) -> bool:
+    """Whether the algorithm's factory takes option ``key`` (built once with it to find out: lazy
+    factories take ``**options``, so their signatures do not tell)."""
     try:
-        params = inspect.signature(info.factory).parameters.values()
+        info.factory(**{key: value})
     except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params}
+        return False
+    return True
 
 
 def resolve_algorithms(
@@ -105,13 +104,13 @@ def resolve_algorithms(
         ok, why = registry.availability("algorithm", name)
         if not ok:
             return None, f"not available: algorithm {name!r}: {why}"
-        params = _factory_params(known[name]) or set()
+        info = known[name]
         options: dict[str, Any] = {}
-        if "seed" in params:
+        if _accepts(info, "seed", seed):
             options["seed"] = seed
         if quick:
             for key in ITER_OPTIONS:
-                if key in params:
+                if _accepts(info, key, QUICK_ITERS):
                     options[key] = QUICK_ITERS
                     break
         options.update(explicit.get(name, {}))

@@ -194,3 +194,34 @@ def test_harness_rows_name_their_algorithms_in_stage_order():
     assert bench.algorithm_list("adaround", "cle+bc") == [
         "cle", "smoothquant", "adaround", "bias_correction"
     ]  # fmt: skip
+
+
+def test_harness_passes_seed_and_quick_iterations_to_algorithms_that_take_them(
+    quantfw_registry_with,
+):
+    from quantfw import AlgorithmInfo, Stage
+
+    class Learned:
+        def __init__(self, iters: int = 1000, seed: int = 0):
+            if iters < 1:
+                raise ValueError("iters must be positive")
+            self.iters, self.seed = iters, seed
+
+        def run(self, ctx):
+            pass
+
+    class Plugin:
+        @quantfw.hookimpl
+        def quantfw_register_algorithms(self, register):
+            register(AlgorithmInfo("learned_probe", Stage.ROUND, lambda **o: Learned(**o)))
+
+    quantfw_registry_with(Plugin())
+    bench = _harness()
+    full, _ = bench.resolve_algorithms(["learned_probe"], seed=5, quick=False, explicit={})
+    quick, _ = bench.resolve_algorithms(["learned_probe"], seed=5, quick=True, explicit={})
+    mine, _ = bench.resolve_algorithms(
+        ["learned_probe"], seed=5, quick=True, explicit={"learned_probe": {"iters": 7}}
+    )
+    assert full == [("learned_probe", {"seed": 5})]
+    assert quick == [("learned_probe", {"seed": 5, "iters": bench.QUICK_ITERS})]
+    assert mine == [("learned_probe", {"seed": 5, "iters": 7})]
