@@ -4,8 +4,8 @@
   ``torch.nn`` layers and loaded with the very same numpy-trained weights, so torch-side and
   ONNX-side (``quantfw_onnx.samples.digits_cnn``) measurements start from one float model.
 
-Training stays in :mod:`quantfw.samples` (numpy only, cached per seed); this module only copies
-the weights it produced.
+The digits CNN's training stays in :mod:`quantfw.samples` (numpy only, cached per seed); this
+module only copies the weights it produced.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from torch import nn
 
 from quantfw.samples import digits_cnn_weights
 
-__all__ = ["digits_cnn_module"]
+from .digits_resnet import digits_resnet, digits_resnet_onnx, digits_torch_model
+
+__all__ = ["digits_cnn_module", "digits_resnet", "digits_resnet_onnx", "digits_torch_model"]
 
 
 def _digits_layers() -> nn.Sequential:
