@@ -289,3 +289,55 @@ def test_the_documented_example_runs():
     assert blocks
     for block in blocks:
         exec(compile(block, str(DOC), "exec"), {})
+
+
+# -- weight layouts --------------------------------------------------------------------------------
+def test_grouped_conv_layout_against_the_interpreter():
+    """Scaling input channel i of a grouped conv's weight by s_i computes what the conv of the
+    input scaled per channel computes; in_sums is the response to a constant input (no
+    padding); the ranges per input channel are the maxima over the group's filters."""
+    from quantfw.interpreter import layer_output
+
+    rng = np.random.default_rng(0)
+    node = Node("g", "conv", ["x"], ["y"], weights={"weight": "w"}, attrs={"groups": 4})
+    w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)  # 12 input channels, 4 groups
+    lay = weight_layout(node, w)
+    assert (lay.out_channels(w), lay.in_channels(w)) == (8, 12)
+    s = rng.uniform(0.5, 2.0, size=12)
+    x = rng.normal(size=(2, 12, 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(
+        layer_output(node, x, lay.scale_in(w, s).astype(np.float32), None),
+        layer_output(node, (x * s[:, None, None]).astype(np.float32), w, None),
+        rtol=1e-4, atol=1e-4,
+    )  # fmt: skip
+    v = rng.normal(size=12)
+    const = np.broadcast_to(v[None, :, None, None], (1, 12, 3, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        layer_output(node, const, w, None)[0, :, 0, 0], lay.in_sums(w, v), rtol=1e-4, atol=1e-4
+    )
+    r = lay.in_absmax(w)
+    assert r[5] == np.abs(w[2:4, 2]).max()  # input 5 = group 1 (outputs 2, 3), index 2
+    lin = Node("l", "linear", ["x"], ["y"], weights={"weight": "w"}, attrs={"channel_axis": 1})
+    wl = rng.normal(size=(5, 3)).astype(np.float32)  # (in, out), ONNX MatMul
+    ll = weight_layout(lin, wl)
+    np.testing.assert_allclose(ll.out_absmax(wl), np.abs(wl).max(axis=0))
+    np.testing.assert_allclose(ll.in_absmax(wl), np.abs(wl).max(axis=1))
+
+
+def test_a_relu6_between_layers_is_reported():
+    g = cnn()
+    nodes = [Node(n.name, "clip", n.inputs, n.outputs, attrs={"clip": (0.0, 6.0)})
+             if n.name == "relu1" else n for n in g.nodes]  # fmt: skip
+    res = quantize_cnn(QuantGraph(nodes, g.inputs, g.outputs, g.initializers), ["cle"])
+    assert [p["first"] for p in res.recipe.provenance["cle"]["pairs"]] == ["dw"]
+    assert any("clip (ReLU6)" in w and "conv1" in w for w in res.recipe.provenance["warnings"])
+
+
+def test_the_records_survive_a_recipe_round_trip(tmp_path):
+    from quantfw.recipe import Recipe
+
+    res = quantize_cnn(cnn(bias=4.0), ["cle", "bn_reestimate", "bias_correction"], W4_CHANNEL)
+    res.recipe.save(tmp_path / "r")
+    back = Recipe.load(tmp_path / "r")
+    assert back == res.recipe
+    assert {"cle", "bn_reestimate", "bias_correction"} <= set(back.provenance)

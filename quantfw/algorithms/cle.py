@@ -99,9 +99,12 @@ def _usable(node: Node, graph: QuantGraph, users: dict[str, int]) -> WeightLayou
     return weight_layout(node, graph.initializers[w])
 
 
-def find_pairs(graph: QuantGraph) -> list[LayerPair]:
+def find_pairs(graph: QuantGraph, blocked: list[str] | None = None) -> list[LayerPair]:
     """The chains of two weighted layers that cross-layer equalisation may rescale (see the
-    module docstring), in graph order of their first layer."""
+    module docstring), in graph order of their first layer.
+
+    :param blocked: if given, gets the names of the first layers whose chain stops at a
+        ``clip`` (ReLU6), the common near miss (MobileNetV2)."""
     users: dict[str, int] = {}
     for n in graph.nodes:
         for t in n.weights.values():
@@ -126,6 +129,8 @@ def find_pairs(graph: QuantGraph) -> list[LayerPair]:
                     pairs.append(LayerPair(node, r, tuple(between), lay1, lay2))
                 break
             if r.op not in BETWEEN:
+                if r.op is OpKind.CLIP and blocked is not None:
+                    blocked.append(node.name)
                 break
             between.append(r)
             t = r.outputs[0]
@@ -183,8 +188,16 @@ class CrossLayerEqualization:
                 "cle: absorb=True needs calibration data (the pre-activation statistics come "
                 "from the float model); pass calibration data or absorb=False"
             )
-        pairs = []
-        for pair in find_pairs(ctx.graph):
+        pairs, blocked = [], []
+        found = find_pairs(ctx.graph, blocked)
+        if blocked:
+            ctx.warn(
+                f"cle: {len(blocked)} chain(s) stop at a clip (ReLU6), which is not positive "
+                f"homogeneous, so CLE cannot pass it: after {', '.join(blocked[:5])}"
+                + (" ..." if len(blocked) > 5 else "")
+                + "; a model trained with ReLU instead of ReLU6 can be equalised there"
+            )
+        for pair in found:
             names = [*pair.first.weights.values(), *pair.second.weights.values()]
             rewritten = [n for n in names if n in ctx.recipe.weights and n not in ctx.float_weights]
             if rewritten:  # e.g. SmoothQuant's s*W: a float rewrite would drop it

@@ -106,3 +106,27 @@ def test_the_corrections_help_on_held_out_data():
         errs[name] = float(np.sqrt(((y - ref) ** 2).mean()) / ref.std())
     assert errs["cle"] < 0.7 * errs["nearest"], errs
     assert errs["cle+bias_correction"] < errs["cle"], errs
+
+
+@pytest.mark.slow  # trains the digits CNN (about 8 s)
+def test_digits_cnn_at_three_bits():
+    """The numbers of docs/algorithms/cle-bias-correction.md, W3A8 per-tensor on x86-vnni: CLE
+    and bias correction lower the logits' error and do not lose accuracy (ONNX Runtime)."""
+    from quantfw_onnx.samples import digits_cnn_onnx
+
+    from quantfw.samples import digits_cnn_weights, digits_data
+
+    data, model = digits_data(), digits_cnn_onnx(digits_cnn_weights())
+    sess = OnnxRuntimeBackend().session(model.SerializeToString(), threads=1)
+    ref = sess.run(None, {"image": data.x_test})[0]
+    out = {}
+    for name, algos in {"nearest": ["none"], "cle+bc": ["cle", "bias_correction"]}.items():
+        res = quantfw.quantize(
+            model, data.x_calib, target="x86-vnni", algorithms=algos,
+            overrides={"weight": {"bits": 3, "granularity": "per_tensor"}},
+            frontend_options={"threads": 1},
+        )  # fmt: skip
+        y = res.simulate()({"image": data.x_test})["logits"]
+        out[name] = (data.accuracy(y), float(np.sqrt(((y - ref) ** 2).mean()) / ref.std()))
+    assert out["cle+bc"][1] < 0.75 * out["nearest"][1], out
+    assert out["cle+bc"][0] >= out["nearest"][0], out
