@@ -2,7 +2,8 @@
 
 * frontend ``graph``: QuantGraph objects and ``.qgraph`` files, run by the numpy interpreter;
 * calibrate algorithms ``minmax``, ``moving_average``, ``percentile``, ``entropy``, ``mse``;
-* round algorithm ``nearest``; transforms ``smoothquant`` (default) and ``none``;
+* round algorithm ``nearest``; transforms ``smoothquant`` (default), ``cle`` and ``none``;
+* finalize algorithms ``bias_correction`` and ``bn_reestimate``;
 * the compute engine ``numpy`` for layer-wise algorithms;
 * the target specs shipped in ``quantfw/target/targets/`` (``generic``: simulation only).
 """
@@ -40,6 +41,24 @@ def _smoothquant(**options):
     from .algorithms.smoothquant import SmoothQuant
 
     return SmoothQuant(**options)
+
+
+def _cle(**options):
+    from .algorithms.cle import CrossLayerEqualization
+
+    return CrossLayerEqualization(**options)
+
+
+def _bias_correction(**options):
+    from .algorithms.bias_correction import BiasCorrection
+
+    return BiasCorrection(**options)
+
+
+def _bn_reestimate(**options):
+    from .algorithms.bias_correction import BNReestimation
+
+    return BNReestimation(**options)
 
 
 class _NoTransform:
@@ -88,6 +107,30 @@ def quantfw_register_algorithms(register: Callable[[AlgorithmInfo], None]) -> No
             Stage.TRANSFORM,
             _smoothquant,
             description="SmoothQuant: move activation outliers into linear weights (alpha=auto)",
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "cle",
+            Stage.TRANSFORM,
+            _cle,
+            description="cross-layer equalisation of conv/linear chains, high-bias absorption",
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "bias_correction",
+            Stage.FINALIZE,
+            _bias_correction,
+            description="empirical bias correction: per-channel output mean of each layer",
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "bn_reestimate",
+            Stage.FINALIZE,
+            _bn_reestimate,
+            description="match each layer's per-channel output mean and std to the float model",
         )
     )
     register(
