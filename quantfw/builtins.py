@@ -2,7 +2,8 @@
 
 * frontend ``graph``: QuantGraph objects and ``.qgraph`` files, run by the numpy interpreter;
 * calibrate algorithms ``minmax``, ``moving_average``, ``percentile``, ``entropy``, ``mse``;
-* round algorithm ``nearest``; transforms ``smoothquant`` (default) and ``none``;
+* round algorithms ``nearest``, ``adaround`` and ``adaquant`` (the last two learn on an
+  autograd engine, torch's); transforms ``smoothquant`` (default) and ``none``;
 * the compute engine ``numpy`` for layer-wise algorithms;
 * the target specs shipped in ``quantfw/target/targets/`` (``generic``: simulation only).
 """
@@ -53,6 +54,18 @@ def _numpy_engine(device: str | None = None):
     return NumpyEngine(device)
 
 
+def _adaround(**options):
+    from .algorithms.adaround import AdaRound
+
+    return AdaRound(**options)
+
+
+def _adaquant(**options):
+    from .algorithms.adaquant import AdaQuant
+
+    return AdaQuant(**options)
+
+
 def _nearest():
     from .algorithms.rounding import NearestRounding
 
@@ -80,6 +93,23 @@ def quantfw_register_algorithms(register: Callable[[AlgorithmInfo], None]) -> No
     register(
         AlgorithmInfo(
             "nearest", Stage.ROUND, _nearest, description="round to nearest, half to even"
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "adaround",
+            Stage.ROUND,
+            _adaround,
+            description="AdaRound: learn up/down rounding per weight, layer by layer (torch engine)",
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "adaquant",
+            Stage.ROUND,
+            _adaquant,
+            description="AdaQuant: fit weights (and scales, biases) per layer through a "
+            "straight-through quantizer (torch engine)",
         )
     )
     register(
