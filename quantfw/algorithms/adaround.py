@@ -48,6 +48,12 @@ __all__ = ["AdaRound"]
 
 
 def _pair(name: str, value: Any) -> tuple[float, float]:
+    if isinstance(value, str):  # the command line's "20:2"
+        parts = value.split(":")
+        try:
+            value = tuple(float(v) for v in parts)
+        except ValueError:
+            pass
     ok = (
         isinstance(value, (list, tuple))
         and len(value) == 2
@@ -57,7 +63,7 @@ def _pair(name: str, value: Any) -> tuple[float, float]:
     if not ok:
         raise ValueError(
             f"adaround: option {name}={value!r} must be (start, end) with start >= end > 0, "
-            "e.g. (20, 2)"
+            "e.g. (20, 2), or on the command line beta=20:2"
         )
     return float(value[0]), float(value[1])
 
@@ -69,7 +75,8 @@ class AdaRound:
         1 000 already gets most of the gain on small layers).
     :param batch_size: calibration samples per step.
     :param lam: the rounding regulariser's weight (the paper's 0.01).
-    :param beta: the regulariser's exponent, annealed from ``beta[0]`` to ``beta[1]``.
+    :param beta: the regulariser's exponent, annealed from ``beta[0]`` to ``beta[1]``
+        (``"20:2"`` also reads as ``(20, 2)``).
     :param warmup: the fraction of ``iters`` run without the regulariser first.
     :param lr: Adam's step size on the rounding variables.
     :param max_samples: calibration samples kept per layer (memory: one layer's input and
