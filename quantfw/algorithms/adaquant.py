@@ -186,8 +186,9 @@ class AdaQuant:
             if b_new is not None:
                 p.set_bias(b_new)
             _rederive_bias(ctx, p, new_params)
-        else:
+        else:  # the attempt is recorded, the deployed codes are nearest's
             entry["kept"] = "nearest"
+            entry["codes_changed"] = 0.0
         ctx.progress(
             f"{self.name} {name}: loss {before:.3g} -> {after:.3g}", self.iters, self.iters
         )

@@ -176,8 +176,9 @@ class AdaRound:
         }
         if after < before:
             p.set_weight(weight)
-        else:
+        else:  # the attempt is recorded, the deployed codes are nearest's
             entry["kept"] = "nearest"
+            entry["codes_changed"] = 0.0
         ctx.progress(
             f"{self.name} {name}: loss {before:.3g} -> {after:.3g}", self.iters, self.iters
         )

@@ -218,23 +218,31 @@ def gather(
     if n == 0:
         return None
     order = np.random.default_rng(seed).permutation(n)
-    x = np.concatenate(xs)[order]
-    t = np.concatenate(ts)[order]
-    xs = ts = []  # type: ignore[assignment]
     channels = output_channels(p)
-    data = LayerData(
+    rows = int(sum(t.size for t in ts) // channels)
+    x_eng = _to_engine(engine, xs, order)  # one copy alive at a time besides the engine's
+    t_eng = _to_engine(engine, ts, order)
+    return LayerData(
         engine=engine,
         p=p,
         act=act,
-        x=engine.asarray(x),
-        target=engine.asarray(t),
+        x=x_eng,
+        target=t_eng,
         samples=n,
-        rows=int(t.size // channels),
+        rows=rows,
         features=int(p.weight.size // channels),
         channels=channels,
         bias=None if p.bias is None else engine.asarray(p.bias),
     )
-    return data
+
+
+def _to_engine(engine: Engine, parts: list[np.ndarray], order: np.ndarray) -> Any:
+    """``parts`` joined along axis 0, shuffled by ``order``, as an engine array; ``parts`` is
+    emptied on the way so the batches are freed before the engine's copy is made."""
+    joined = np.concatenate(parts)
+    parts.clear()
+    joined = joined[order]
+    return engine.asarray(joined)
 
 
 def on_grid(

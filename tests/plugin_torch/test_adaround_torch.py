@@ -64,12 +64,12 @@ def reconstruction_mse(res, x: np.ndarray) -> float:
 def one_layer_results():
     x = rows(1)
     out = {}
-    for algo in ("nearest", ("adaround", {"iters": 300}), ("adaquant", {"iters": 300})):
+    for algo in ("nearest", "adaround", "adaquant"):  # the defaults: 1000 steps, < 1 s here
         res = quantfw.quantize(
             one_linear(), x, target="generic", algorithms=["none", algo],
             overrides={"weight": {"bits": 4}},
         )  # fmt: skip
-        out[algo if isinstance(algo, str) else algo[0]] = res
+        out[algo] = res
     return out
 
 
@@ -78,7 +78,7 @@ def test_learning_lowers_the_reconstruction_error_of_nearest_at_4_bits(one_layer
     nearest, learned = one_layer_results["nearest"], one_layer_results[name]
     for x in (rows(1), rows(2)):  # the calibration rows, and held-out rows
         ratio = reconstruction_mse(learned, x) / reconstruction_mse(nearest, x)
-        assert ratio <= (0.7 if name == "adaround" else 0.95), (name, ratio)
+        assert ratio <= (0.7 if name == "adaround" else 0.85), (name, ratio)
     entry = learned.recipe.provenance[name]["layers"]["fc"]
     assert entry["loss_learned"] < entry["loss_nearest"] and 0 < entry["codes_changed"] < 0.5
     w, t = learned.recipe.weights["w"], learned.recipe.tensors["w"]
@@ -235,3 +235,34 @@ def test_command_line(model_files, tmp_path):
         cli, ["quantize", str(model), "--calib", str(calib), "-a", "adaround:iters=-1"]
     )
     assert bad.exit_code != 0 and "iters=-1 must be a positive integer" in bad.output
+
+
+def test_the_documented_example_runs():
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "algorithms" / "adaround.md"
+    (block,) = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)
+    exec(compile(block, str(doc), "exec"), {})
+
+
+def test_engines_detach_and_optimize():
+    """The two engine calls learned rounding needs: Adam on the torch engine minimises a
+    quadratic; a straight-through rounding passes the gradient; numpy refuses to optimise."""
+    from quantfw_torch.engine import TorchEngine
+
+    from quantfw.api import NumpyEngine
+
+    eng = TorchEngine()
+    v = eng.asarray(np.array([3.0, -2.0]), requires_grad=True)
+    opt = eng.optimizer([v], lr=0.1)
+    first = opt.step(((v - 1.0) ** 2).sum())
+    for _ in range(200):
+        last = opt.step(((v - 1.0) ** 2).sum())
+    assert first == pytest.approx(13.0) and last < 1e-3
+    x = eng.asarray(np.array([0.3, 1.6]), requires_grad=True)
+    (x + eng.detach(torch.round(x) - x)).sum().backward()
+    np.testing.assert_array_equal(eng.to_numpy(x.grad), [1.0, 1.0])
+    with pytest.raises(ValueError, match=r'pip install "quantfw\[torch\]"'):
+        NumpyEngine().optimizer([np.zeros(2)], lr=0.1)
+    assert NumpyEngine().detach(np.ones(2)).tolist() == [1.0, 1.0]
