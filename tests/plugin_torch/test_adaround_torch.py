@@ -199,9 +199,8 @@ def test_mixed_bits_per_layer(digits):
     assert {"fc1", "fc2"} <= set(res.recipe.provenance["adaround"]["layers"])
 
 
-def test_warnings_name_the_layer_and_what_is_needed():
-    """Too few calibration rows for a layer's inputs, and a layer whose grid cannot be learned
-    (per-group weights) left at nearest rounding: both said in the summary."""
+def test_too_few_samples_warns_with_the_number_needed():
+    """Fewer calibration rows than the layer has input features: said in the summary."""
     x = rows(1, n=24)  # 24 rows for 64 input features
     res = quantfw.quantize(
         one_linear(), x, target="generic", algorithms=["none", ("adaround", {"iters": 5})],
@@ -210,13 +209,25 @@ def test_warnings_name_the_layer_and_what_is_needed():
     (note,) = res.recipe.provenance["warnings"]
     assert "layer 'fc'" in note and "24 rows" in note and "at least 64 calibration samples" in note
     assert note in str(res.summary)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        ({"weight": {"granularity": "per_group", "group_size": 16}}, "quantized per_group"),
+        ({"weight": {"dtype": "fp8_e4m3"}}, "grid is fp8_e4m3fn, not an integer grid"),
+        ({"dynamic": True}, "its input is quantized dynamically"),
+    ],
+)
+@pytest.mark.parametrize("name", ["adaround", "adaquant"])
+def test_a_layer_that_cannot_be_learned_keeps_nearest_and_says_why(name, overrides, why):
     res = quantfw.quantize(
-        one_linear(), rows(1, n=64), target="generic", algorithms=["none", "adaquant"],
-        overrides={"weight": {"granularity": "per_group", "group_size": 16}},
+        one_linear(), rows(1, n=96), target="generic", algorithms=["none", (name, {"iters": 5})],
+        overrides=overrides,
     )  # fmt: skip
     (note,) = res.recipe.provenance["warnings"]
-    assert "layer 'fc' keeps nearest rounding" in note and "per_group" in note
-    assert "w" not in res.recipe.weights
+    assert f"{name}: layer 'fc' keeps nearest rounding: " in note and why in note, note
+    assert "w" not in res.recipe.weights and res.recipe.provenance[name]["layers"] == {}
 
 
 def test_command_line(model_files, tmp_path):
