@@ -165,6 +165,7 @@ class AdaQuant:
         codes = np.rint(position)
         w_new, moved = on_grid(codes, position, new_params, spec)
         b_new = None if d is None else engine.to_numpy(engine.detach(bias(d))).astype(np.float32)
+        act = data.act
         after = data.full_loss(w_new, b_new)
         del data, u, r, d, opt  # release the layer's engine memory
 
@@ -178,6 +179,7 @@ class AdaQuant:
             ),
             "scale_changed": float(np.max(np.abs(new_scale / params.scale - 1.0))),
             "pair_limit_moved": moved,
+            "activation": None if act is None else act[0].value,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if after < before:

@@ -165,6 +165,7 @@ class AdaRound:
         position = grid_position(p.weight, params, spec)
         learned = np.rint(grid_position(sr.hard_weight(), params, spec)).astype(np.int64)
         weight, moved = on_grid(learned, position, params, spec)
+        act = data.act
         after = data.full_loss(weight)
         del data, sr, opt  # release the layer's engine memory before the next layer
         entry: dict[str, Any] = {
@@ -172,6 +173,7 @@ class AdaRound:
             "loss_learned": after,
             "codes_changed": float(np.mean(nearest_codes(weight, params, spec) != nearest)),
             "pair_limit_moved": moved,
+            "activation": None if act is None else act[0].value,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if after < before:

@@ -196,7 +196,11 @@ def test_mixed_bits_per_layer(digits):
             continue
         assert t.spec.dtype == ("int3" if k.startswith("fc") else "int8"), k
         assert np.abs(quantize(w, t.params, t.spec)).max() <= t.spec.qmax
-    assert {"fc1", "fc2"} <= set(res.recipe.provenance["adaround"]["layers"])
+    layers = res.recipe.provenance["adaround"]["layers"]
+    assert {"fc1", "fc2"} <= set(layers)
+    # the ReLU the runtime fuses into a layer is part of its reconstruction
+    assert layers["conv2"]["activation"] == layers["fc1"]["activation"] == "relu"
+    assert layers["fc2"]["activation"] is None
 
 
 def test_too_few_samples_warns_with_the_number_needed():
