@@ -1,11 +1,13 @@
 """Memory of the layer-wise seam: is it bounded by one layer, whatever the layer count?
 
     python benchmarks/layerwise_memory.py [--runs 8x4096,32x4096,96x4096,32x16384] [--width 256]
+        [--algorithm ls-nudge|adaround|adaquant]
 
 For each frontend (ONNX, torch) and each ``LAYERSxROWS`` run, a deep MLP (``width`` x ``width`` linear layers
 with ReLU between) is quantized for ``x86-vnni`` twice, each in a fresh process: with the default
 round-to-nearest, and with the plugin template's layer-wise ``ls-nudge`` (docs/plugin_template),
-which reads every layer's float and quantized inputs over ``rows`` calibration rows through
+(or ``--algorithm adaround`` / ``adaquant``, 50 steps a layer, every row kept), which reads
+every layer's float and quantized inputs over ``rows`` calibration rows through
 :meth:`quantfw.api.StageContext.layer_problems`.  Reported: the model's weights, one layer's
 calibration inputs, what holding every layer's inputs at once would take, and the growth of the
 process's peak resident memory during ``quantize`` (``ru_maxrss`` after minus RSS before).  If
@@ -91,7 +93,16 @@ def child(frontend: str, layers: int, width: int, rows: int, algorithm: str) -> 
     pm.register(example, name="example")
     model = _onnx_mlp(layers, width) if frontend == "onnx" else _torch_mlp(layers, width)
     x = np.random.default_rng(1).normal(size=(rows, width)).astype(np.float32)
-    algos = ["none", "ls-nudge"] if algorithm == "ls-nudge" else ["none"]
+    algos: list = ["none", "ls-nudge"] if algorithm == "ls-nudge" else ["none"]
+    if algorithm in ("adaround", "adaquant"):
+        algos = ["none", (algorithm, {"iters": 50, "max_samples": rows})]
+        import torch  # loaded before the baseline: its libraries are not the algorithm's data
+
+        w = torch.ones(width, width, requires_grad=True)  # and its kernels and Adam warmed up
+        opt = torch.optim.Adam([w])
+        (torch.ones(rows, width) @ w).square().mean().backward()
+        opt.step()
+        del w, opt
     with use_plugin_manager(pm):
         before = _rss()
         t0 = time.perf_counter()
@@ -101,7 +112,7 @@ def child(frontend: str, layers: int, width: int, rows: int, algorithm: str) -> 
         )  # fmt: skip
         seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    nudged = res.recipe.provenance.get("ls-nudge", {}).get("layers", [])
+    nudged = res.recipe.provenance.get(algorithm, {}).get("layers", [])
     return {"growth": max(peak - before, 0), "seconds": seconds, "nudged": len(nudged)}
 
 
@@ -111,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--rows", type=int, default=4096, help=argparse.SUPPRESS)
     ap.add_argument("--frontends", default="onnx,torch")
+    ap.add_argument("--algorithm", default="ls-nudge", choices=["ls-nudge", "adaround", "adaquant"])
     ap.add_argument(
         "--child", nargs=3, metavar=("FRONTEND", "LAYERS", "ALGORITHM"), help=argparse.SUPPRESS
     )
@@ -126,26 +138,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     head = (
         f"{'frontend':<9}{'layers':>7}{'rows':>7}{'model MB':>10}{'1 layer in MB':>15}"
-        f"{'all layers MB':>15}{'nearest MB':>12}{'ls-nudge MB':>13}{'ls-nudge s':>12}"
+        f"{'all layers MB':>15}{'nearest MB':>12}{args.algorithm + ' MB':>13}"
+        f"{args.algorithm + ' s':>12}"
     )
     print(head)
     runs = [tuple(int(v) for v in r.split("x")) for r in args.runs.split(",")]
     for fe in args.frontends.split(","):
         for layers, n in runs:
             got = {}
-            for algo in ("nearest", "ls-nudge"):
+            for algo in ("nearest", args.algorithm):
                 out = subprocess.run(
                     [sys.executable, __file__, "--width", str(w), "--rows", str(n), "--child", fe, str(layers), algo],
                     check=True, capture_output=True, text=True,
                 )  # fmt: skip
                 got[algo] = json.loads(out.stdout.strip().splitlines()[-1])
-            assert got["ls-nudge"]["nudged"] == layers, got
+            mine = got[args.algorithm]
+            assert mine["nudged"] == layers, got
             model_mb = layers * (w * w + w) * 4 / MB
             one = n * w * 4 / MB
             print(
                 f"{fe:<9}{layers:>7}{n:>7}{model_mb:>10.1f}{one:>15.1f}{layers * one:>15.1f}"
-                f"{got['nearest']['growth'] / MB:>12.1f}{got['ls-nudge']['growth'] / MB:>13.1f}"
-                f"{got['ls-nudge']['seconds']:>12.1f}"
+                f"{got['nearest']['growth'] / MB:>12.1f}{mine['growth'] / MB:>13.1f}"
+                f"{mine['seconds']:>12.1f}"
             )
     return 0
 

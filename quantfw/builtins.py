@@ -2,7 +2,9 @@
 
 * frontend ``graph``: QuantGraph objects and ``.qgraph`` files, run by the numpy interpreter;
 * calibrate algorithms ``minmax``, ``moving_average``, ``percentile``, ``entropy``, ``mse``;
-* round algorithm ``nearest``; transforms ``smoothquant`` (default), ``cle`` and ``none``;
+* round algorithms ``nearest``, ``adaround`` and ``adaquant`` (the last two learn on an
+  autograd engine, torch's), ``brecq`` and ``qdrop`` (blocks; frontends that build block modules);
+* transforms ``smoothquant`` (default), ``cle`` and ``none``;
 * finalize algorithms ``bias_correction`` and ``bn_reestimate``;
 * the compute engine ``numpy`` for layer-wise algorithms;
 * the target specs shipped in ``quantfw/target/targets/`` (``generic``: simulation only).
@@ -72,6 +74,18 @@ def _numpy_engine(device: str | None = None):
     return NumpyEngine(device)
 
 
+def _adaround(**options):
+    from .algorithms.adaround import AdaRound
+
+    return AdaRound(**options)
+
+
+def _adaquant(**options):
+    from .algorithms.adaquant import AdaQuant
+
+    return AdaQuant(**options)
+
+
 def _nearest():
     from .algorithms.rounding import NearestRounding
 
@@ -99,6 +113,23 @@ def quantfw_register_algorithms(register: Callable[[AlgorithmInfo], None]) -> No
     register(
         AlgorithmInfo(
             "nearest", Stage.ROUND, _nearest, description="round to nearest, half to even"
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "adaround",
+            Stage.ROUND,
+            _adaround,
+            description="AdaRound: learn up/down rounding per weight, layer by layer (torch engine)",
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "adaquant",
+            Stage.ROUND,
+            _adaquant,
+            description="AdaQuant: fit weights (and scales, biases) per layer through a "
+            "straight-through quantizer (torch engine)",
         )
     )
     register(

@@ -526,7 +526,7 @@ def test_unknown_names_list_what_is_known(quantfw_registry_with) -> None:
     ):
         registry.target("generik")
     with pytest.raises(UnknownComponentError, match="known algorithms: .*minmax"):
-        registry.algorithm("adaround")
+        registry.algorithm("gptq-xl")
     with pytest.raises(UnknownComponentError, match="no backend named"):
         registry.origin("backend", "nothing")
     with pytest.raises(UnknownComponentError, match="known targets"):

@@ -30,7 +30,7 @@ from .components import (
 )
 from .context import Algorithm, EngineFactory, ProgressFn, StageContext
 from .data import Artifact, Batch
-from .engines import Engine, NumpyEngine
+from .engines import Engine, NumpyEngine, Optimizer
 from .formats import FORMAT_EXTRAS, QGRAPH, install_hint_for
 from .hookspecs import PROJECT_NAME, StageEvent, StagePhase, hookimpl, hookspec
 from .layers import LAYER_KINDS, LayerHost, LayerProblem
@@ -75,6 +75,7 @@ __all__ = [
     "LayerHost",
     "LayerProblem",
     "NumpyEngine",
+    "Optimizer",
     "ProgressFn",
     "ProvidesBlocks",
     "QuantizationResult",

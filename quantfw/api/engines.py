@@ -14,13 +14,29 @@ engine is always there, the torch plugin adds ``torch``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..graph import Node
 
-__all__ = ["Engine", "NumpyEngine"]
+__all__ = ["Engine", "NumpyEngine", "Optimizer"]
+
+_NO_AUTOGRAD = (
+    "the numpy engine has no autograd; choose an engine that has (torch: "
+    'pip install "quantfw[torch]")'
+)
+
+
+@runtime_checkable
+class Optimizer(Protocol):
+    """Gradient descent on engine arrays, made by :meth:`Engine.optimizer`."""
+
+    def step(self, loss: Any) -> float:
+        """Differentiate the scalar ``loss`` (an engine array computed from the optimizer's
+        parameters) with respect to the parameters, update them in place by one step, and
+        return the loss's value."""
 
 
 @runtime_checkable
@@ -56,6 +72,17 @@ class Engine(Protocol):
         following the node's layout attributes (``channel_axis``, ``stride``, ``padding``,
         ``dilation``, ``groups``) exactly as the reference interpreter does."""
 
+    def detach(self, value: Any) -> Any:
+        """``value`` with the same numbers but no gradient flowing back through it: a
+        straight-through rounding is ``x + detach(round(x) - x)``."""
+
+    def optimizer(self, params: Sequence[Any], *, lr: float) -> Optimizer:
+        """Adam (betas 0.9 / 0.999) over ``params``, arrays made with ``requires_grad=True``,
+        with step size ``lr``.
+
+        :raises ValueError: on an engine without autograd.
+        """
+
 
 class NumpyEngine:
     """The built-in engine: numpy on the CPU, no autograd."""
@@ -73,10 +100,7 @@ class NumpyEngine:
         self, value: np.ndarray, *, dtype: str = "float32", requires_grad: bool = False
     ) -> np.ndarray:
         if requires_grad:
-            raise ValueError(
-                "the numpy engine has no autograd; choose an engine that has (torch: "
-                'pip install "quantfw[torch]")'
-            )
+            raise ValueError(_NO_AUTOGRAD)
         return np.asarray(value, dtype=dtype)
 
     def to_numpy(self, value: Any) -> np.ndarray:
@@ -88,3 +112,9 @@ class NumpyEngine:
         from ..interpreter import layer_output
 
         return layer_output(node, x, weight, bias)
+
+    def detach(self, value: np.ndarray) -> np.ndarray:
+        return value
+
+    def optimizer(self, params: Sequence[Any], *, lr: float) -> Optimizer:
+        raise ValueError(_NO_AUTOGRAD)

@@ -81,7 +81,7 @@ def render() -> str:
     out += ["### `Stage`", "", _doc(components.Stage) + ": "
             + ", ".join(f"`{s.value}`" for s in components.STAGE_ORDER) + ".", ""]  # fmt: skip
     working = [protocols.Frontend, protocols.Backend, protocols.Converter, context.Algorithm,
-               engines.Engine]  # fmt: skip
+               engines.Engine, engines.Optimizer]  # fmt: skip
     out += _section("Working objects", [(c.__name__, _members(c)) for c in working])
     caps = [
         (f"{name}: {proto.__name__}", _members(proto))

@@ -7,6 +7,7 @@ reference interpreter computes on numpy, up to float rounding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -63,3 +64,25 @@ class TorchEngine:
             )
         fn, args = _call_args(node, x, weight, bias)
         return fn(*args)
+
+    def detach(self, value: torch.Tensor) -> torch.Tensor:
+        return value.detach()
+
+    def optimizer(self, params: Sequence[torch.Tensor], *, lr: float) -> _Adam:
+        return _Adam(params, lr)
+
+
+class _Adam:
+    """``torch.optim.Adam`` behind the engine's :class:`~quantfw.api.engines.Optimizer`."""
+
+    def __init__(self, params: Sequence[torch.Tensor], lr: float) -> None:
+        bad = [i for i, p in enumerate(params) if not p.requires_grad]
+        if bad:
+            raise ValueError(f"torch engine: parameter(s) {bad} were not made with requires_grad")
+        self._opt = torch.optim.Adam(list(params), lr=float(lr))
+
+    def step(self, loss: torch.Tensor) -> float:
+        self._opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self._opt.step()
+        return float(loss.detach())

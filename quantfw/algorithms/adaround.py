@@ -1,0 +1,196 @@
+"""AdaRound (Nagel et al., 2020): learn whether each weight rounds up or down.
+
+Rounding every weight to its nearest grid point minimises each weight's own error, not the
+layer's output error: the errors of a row add up in the dot product.  AdaRound keeps each weight
+on ``floor(w / s)`` or ``floor(w / s) + 1`` and learns the choice per element, layer by layer in
+graph order, minimising
+
+    || act(W x + b) - act(W~(V) x~ + b) ||^2  +  lam * sum(1 - |2 h(V) - 1| ** beta)
+
+where ``x`` is the float model's input to the layer, ``x~`` the input with every earlier layer
+already quantized (and fake-quantized as this layer reads it), ``act`` the activation the runtime
+fuses into the layer (ReLU, Clip), ``W~(V)`` the soft-rounded weight of
+:class:`~quantfw.algorithms.soft_rounding.SoftRounding` and ``beta`` annealed by
+:func:`~quantfw.algorithms.soft_rounding.beta_schedule` so every choice ends at 0 or 1.  See
+:mod:`quantfw.algorithms.reconstruction` for the data, the loss and why the target is the float
+layer on the float input.
+
+The result is a weight on the grid (``recipe.weights``) that the backend re-quantizes, with the
+calibrated parameters, to exactly the learned codes; on x86 AVX2 targets the codes are first
+brought within the pair limit (:mod:`quantfw.pairs`).  A layer whose learned rounding does not
+lower the loss over all its calibration data keeps round-to-nearest.  Learning needs a compute
+engine with autograd (the torch plugin's), on CPU or GPU (options ``engine``, ``device``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .reconstruction import (
+    check_options,
+    gather,
+    grid_position,
+    nearest_codes,
+    on_grid,
+    unsupported,
+)
+from .soft_rounding import SoftRounding, beta_schedule
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..api.context import StageContext
+    from ..api.engines import Engine
+    from ..api.layers import LayerProblem
+
+__all__ = ["AdaRound"]
+
+
+def _pair(name: str, value: Any) -> tuple[float, float]:
+    if isinstance(value, str):  # the command line's "20:2"
+        parts = value.split(":")
+        try:
+            value = tuple(float(v) for v in parts)
+        except ValueError:
+            pass
+    ok = (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        and value[0] >= value[1] > 0
+    )
+    if not ok:
+        raise ValueError(
+            f"adaround: option {name}={value!r} must be (start, end) with start >= end > 0, "
+            "e.g. (20, 2), or on the command line beta=20:2"
+        )
+    return float(value[0]), float(value[1])
+
+
+class AdaRound:
+    """Round stage: learned up/down rounding per weight, layer by layer.
+
+    :param iters: optimisation steps per layer (the paper uses 10 000 on ImageNet models;
+        1 000 already gets most of the gain on small layers).
+    :param batch_size: calibration samples per step.
+    :param lam: the rounding regulariser's weight (the paper's 0.01).
+    :param beta: the regulariser's exponent, annealed from ``beta[0]`` to ``beta[1]``
+        (``"20:2"`` also reads as ``(20, 2)``).
+    :param warmup: the fraction of ``iters`` run without the regulariser first.
+    :param lr: Adam's step size on the rounding variables.
+    :param max_samples: calibration samples kept per layer (memory: one layer's input and
+        output for that many samples).
+    :param seed: the sample order and mini-batches; the same seed gives the same codes.
+    :param engine: the compute engine (default: the first with autograd, torch); ``device``
+        its device (``"cpu"``, ``"cuda"``).  Both default to ``options["engine"]`` /
+        ``options["device"]`` of :func:`quantfw.quantize`.
+    """
+
+    name = "adaround"
+
+    def __init__(
+        self,
+        iters: int = 1000,
+        batch_size: int = 32,
+        lam: float = 0.01,
+        beta: tuple[float, float] | list[float] = (20.0, 2.0),
+        warmup: float = 0.2,
+        lr: float = 1e-2,
+        max_samples: int = 1024,
+        seed: int = 0,
+        engine: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        check_options(
+            self.name, iters=iters, batch_size=batch_size, lam=lam, warmup=warmup, lr=lr,
+            max_samples=max_samples, seed=seed,
+        )  # fmt: skip
+        self.iters, self.batch_size, self.lam = iters, batch_size, float(lam)
+        self.beta = _pair("beta", beta)
+        self.warmup, self.lr = float(warmup), float(lr)
+        self.max_samples, self.seed = max_samples, seed
+        self.engine_name, self.device = engine, device
+
+    def run(self, ctx: StageContext) -> None:
+        engine = ctx.engine(self.engine_name, self.device, autograd=True)
+        record: dict[str, Any] = {
+            "iters": self.iters, "lam": self.lam, "beta": list(self.beta), "engine": engine.name,
+            "target": "float layer output on the float input", "layers": {},
+        }  # fmt: skip
+        ctx.recipe.provenance[self.name] = record
+        for index, p in enumerate(ctx.layer_problems(quantized_inputs=True)):
+            why = unsupported(p)
+            if why is not None:
+                ctx.warn(f"{self.name}: layer {p.node.name!r} keeps nearest rounding: {why}")
+                continue
+            record["layers"][p.node.name] = self._layer(ctx, engine, p, index)
+
+    def _layer(
+        self, ctx: StageContext, engine: Engine, p: LayerProblem, index: int
+    ) -> dict[str, Any]:
+        name = p.node.name
+        data = gather(ctx, p, engine, max_samples=self.max_samples, seed=self.seed + index)
+        if data is None:
+            ctx.warn(
+                f"{self.name}: layer {name!r} keeps nearest rounding: no calibration batch "
+                "reached it"
+            )
+            return {"kept": "nearest", "reason": "no data"}
+        few = data.too_few()
+        if few is not None:
+            ctx.warn(f"{self.name}: {few}")
+        wr = p.weight_recipe
+        assert wr is not None and wr.params is not None
+        params, spec = wr.params, wr.spec
+        t0 = time.perf_counter()
+        nearest = nearest_codes(p.weight, params, spec)
+        before = data.full_loss(_fq(p))
+        sr = SoftRounding(engine, p.weight, params, spec)
+        opt = engine.optimizer([sr.v], lr=self.lr)
+        rng = np.random.default_rng([self.seed, index])
+        every = max(self.iters // 20, 1)
+        for it in range(self.iters):
+            x, t = data.batch(rng, self.batch_size)
+            rec = data.loss(data.forward(x, sr.weight(soft=True)), t)
+            beta = beta_schedule(
+                it, self.iters, warmup=self.warmup, start=self.beta[0], end=self.beta[1]
+            )
+            loss = rec if beta is None else rec + self.lam * sr.regularizer(beta)
+            opt.step(loss)
+            if it % every == 0 or it == self.iters - 1:
+                value = float(engine.to_numpy(engine.detach(rec)))
+                ctx.progress(f"{self.name} {name}: loss {value:.3g}", it + 1, self.iters)
+        # the learned codes (raw, zero point included), within the pair limit where it applies
+        position = grid_position(p.weight, params, spec)
+        learned = np.rint(grid_position(sr.hard_weight(), params, spec)).astype(np.int64)
+        weight, moved = on_grid(learned, position, params, spec)
+        act = data.act
+        after = data.full_loss(weight)
+        del data, sr, opt  # release the layer's engine memory before the next layer
+        entry: dict[str, Any] = {
+            "loss_nearest": before,
+            "loss_learned": after,
+            "codes_changed": float(np.mean(nearest_codes(weight, params, spec) != nearest)),
+            "pair_limit_moved": moved,
+            "activation": None if act is None else act[0].value,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        if after < before:
+            p.set_weight(weight)
+        else:  # the attempt is recorded, the deployed codes are nearest's
+            entry["kept"] = "nearest"
+            entry["codes_changed"] = 0.0
+        ctx.progress(
+            f"{self.name} {name}: loss {before:.3g} -> {after:.3g}", self.iters, self.iters
+        )
+        return entry
+
+
+def _fq(p: LayerProblem) -> np.ndarray:
+    """The layer's weight rounded to nearest as the runtime does it (pair limit included)."""
+    from ..numerics import fake_quantize
+
+    wr = p.weight_recipe
+    assert wr is not None and wr.params is not None
+    return fake_quantize(p.weight, wr.params, wr.spec)
