@@ -2,7 +2,7 @@
 
 * frontend ``graph``: QuantGraph objects and ``.qgraph`` files, run by the numpy interpreter;
 * calibrate algorithms ``minmax``, ``moving_average``, ``percentile``, ``entropy``, ``mse``;
-* round algorithm ``nearest``; transforms ``smoothquant`` (default) and ``none``;
+* round algorithms ``nearest``, ``brecq`` and ``qdrop``; transforms ``smoothquant`` (default) and ``none``;
 * the compute engine ``numpy`` for layer-wise algorithms;
 * the target specs shipped in ``quantfw/target/targets/`` (``generic``: simulation only).
 """
@@ -47,6 +47,18 @@ class _NoTransform:
         """Nothing: the model's weights are used as they are."""
 
 
+def _brecq(**options):
+    from .algorithms.brecq import Brecq
+
+    return Brecq(**options)
+
+
+def _qdrop(**options):
+    from .algorithms.brecq import QDrop
+
+    return QDrop(**options)
+
+
 def _numpy_engine(device: str | None = None):
     from .api.engines import NumpyEngine
 
@@ -80,6 +92,23 @@ def quantfw_register_algorithms(register: Callable[[AlgorithmInfo], None]) -> No
     register(
         AlgorithmInfo(
             "nearest", Stage.ROUND, _nearest, description="round to nearest, half to even"
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "brecq",
+            Stage.ROUND,
+            _brecq,
+            description="BRECQ: learned rounding by block reconstruction (torch models)",
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "qdrop",
+            Stage.ROUND,
+            _qdrop,
+            description="QDrop: block reconstruction with activation quantization randomly "
+            "dropped, for W4A4 and below (torch models)",
         )
     )
     register(

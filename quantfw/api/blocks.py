@@ -38,12 +38,63 @@ class BlockModule:
     :ivar weights: the current values of the block's trainable weights, by initializer name (in
         the layout the graph stores them).
     :ivar parameters: the trainable weights themselves (engine arrays), by initializer name.
+    :ivar substitute: the frontend's implementation of :meth:`substitute_weight` (``None``: it
+        has none).
+    :ivar drop: the frontend's implementation of :meth:`set_activation_drop` (``None``: none).
+    :ivar place: the frontend's implementation of :meth:`to_device` (``None``: CPU only).
+
+    Learned rounding (BRECQ, QDrop) uses the two hooks: it replaces each weight's fake
+    quantizer by its own rounded weight (:meth:`substitute_weight`), and QDrop randomly keeps
+    activations float while it trains (:meth:`set_activation_drop`).  Both change only this
+    module, never the recipe; :meth:`BlockProblem.commit` writes the result.
     """
 
     module: Any
     engine: str
     weights: Callable[[], dict[str, np.ndarray]]
     parameters: dict[str, Any] = field(default_factory=dict)
+    substitute: Callable[[str, Callable[[], Any] | None], None] | None = None
+    drop: Callable[[float, int], None] | None = None
+    place: Callable[[str], None] | None = None
+
+    def substitute_weight(self, name: str, value: Callable[[], Any] | None) -> None:
+        """From now on, wherever the block reads the fake-quantized weight ``name`` (an
+        initializer of one of its nodes), it reads ``value()`` instead -- called on every run of
+        :attr:`module`, so it may return a different (soft, differentiable) array each time; an
+        engine array in the graph's layout of the weight, on the module's device.  ``None``
+        restores the weight's own fake quantizer.
+
+        :raises KeyError: ``name`` is no weight of the block.
+        :raises NotImplementedError: the frontend's block modules cannot substitute weights.
+        """
+        if self.substitute is None:
+            raise NotImplementedError(f"the {self.engine!r} block module cannot substitute weights")
+        self.substitute(name, value)
+
+    def set_activation_drop(self, p: float, seed: int = 0) -> None:
+        """QDrop's dropping: on every run of :attr:`module`, each activation quantizer inside
+        the block (those on the block's inputs included) passes each element's float value
+        instead of its fake-quantized one with probability ``p``, independently per element,
+        drawn from a generator seeded with ``seed`` now.  ``p = 0`` (the default state) is plain
+        fake quantization, exactly.
+
+        :raises ValueError: ``p`` outside ``[0, 1]``.
+        :raises NotImplementedError: the frontend's block modules cannot drop quantization.
+        """
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"activation drop probability must be in [0, 1], got {p!r}")
+        if self.drop is None:
+            raise NotImplementedError(f"the {self.engine!r} block module cannot drop activations")
+        self.drop(float(p), int(seed))
+
+    def to_device(self, device: str) -> None:
+        """Move :attr:`module` and :attr:`parameters` to ``device`` (an engine device string,
+        ``"cpu"``, ``"cuda:0"``), so it takes arrays of an engine on that device."""
+        if self.place is None:
+            if str(device) != "cpu":
+                raise ValueError(f"the {self.engine!r} block module runs on the CPU only")
+            return
+        self.place(str(device))
 
 
 @runtime_checkable

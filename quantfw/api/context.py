@@ -297,9 +297,10 @@ class StageContext:
         """
         if not isinstance(self.frontend, ProvidesBlocks):
             raise ValueError(
-                f"the {self.frontend_name!r} frontend cannot build block modules, so block-wise "
-                "reconstruction (BRECQ, QDrop) is not available for this model; quantize the "
-                "model as a torch.nn.Module (the torch frontend can), or use a layer-wise method"
+                f"the {self.frontend_name!r} frontend cannot build trainable block modules "
+                "(quantfw.api.ProvidesBlocks), so block-wise reconstruction (brecq, qdrop) is "
+                "not available for this model; use a layer-wise method (adaround, adaquant), or "
+                "give quantize() the torch.nn.Module itself (the torch frontend builds them)"
             )
         inputs, outputs = block_boundary(self.graph, nodes)
         ordered = tuple(n.name for n in self.graph.nodes if n.name in set(nodes))
