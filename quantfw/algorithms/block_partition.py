@@ -11,7 +11,9 @@ residual add.  A segment without a weighted layer that is only elementwise activ
 activation; other weight-free segments (pooling, reshapes) stay apart and are not
 reconstructed.  A segment with more weighted layers than ``max_layers`` is split, in graph
 order, into runs of at most ``max_layers`` layers (such a piece may have several inputs and
-outputs, which the block contract allows).
+outputs, which the block contract allows).  Tensors that hold shapes (``Shape`` and the
+arithmetic on it that a traced ``x.flatten(1)`` leaves in the graph) are not activations and
+do not count as live.
 
 **User blocks.**  ``blocks=[["layer1.*"], ["conv3", "relu3"]]``: each list is one block, its
 entries node names or fnmatch patterns.  Weighted layers in no user block are reconstructed
@@ -25,7 +27,7 @@ from fnmatch import fnmatchcase
 
 from ..graph import OpKind, QuantGraph
 
-__all__ = ["ACTIVATION_KINDS", "auto_blocks", "user_blocks"]
+__all__ = ["ACTIVATION_KINDS", "SHAPE_OPS", "auto_blocks", "shape_tensors", "user_blocks"]
 
 #: Weight-free elementwise ops that join the block before them.
 ACTIVATION_KINDS = frozenset(
@@ -42,15 +44,33 @@ ACTIVATION_KINDS = frozenset(
 )
 
 
-def _segments(graph: QuantGraph) -> list[list[str]]:
-    """The nodes between cut points, in graph order."""
-    nodes = graph.nodes
+#: Source ops whose output is a tensor's shape, not an activation.
+SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
+def shape_tensors(graph: QuantGraph) -> set[str]:
+    """Tensors that hold shapes, not activations: the outputs of ``Shape``/``Size`` nodes and of
+    every node that reads nothing but such tensors and constants (the arithmetic a traced
+    ``x.flatten(1)`` does on the batch size)."""
     consts = set(graph.initializers)
+    shapes: set[str] = set()
+    for n in graph.nodes:
+        reads = [t for t in n.inputs if t not in consts]
+        if n.source_op in SHAPE_OPS or (reads and all(t in shapes for t in reads)):
+            shapes.update(n.outputs)
+    return shapes
+
+
+def _segments(graph: QuantGraph) -> list[list[str]]:
+    """The nodes between cut points, in graph order (shape tensors do not count as live)."""
+    nodes = graph.nodes
+    consts = set(graph.initializers) | shape_tensors(graph)
     first: dict[str, int] = {t: -1 for t in graph.inputs}
     last: dict[str, int] = {}
     for i, n in enumerate(nodes):
         for t in n.outputs:
-            first.setdefault(t, i)
+            if t not in consts:
+                first.setdefault(t, i)
         for t in n.inputs:
             if t not in consts:
                 last[t] = i

@@ -46,7 +46,9 @@ class BlockModule:
     Learned rounding (BRECQ, QDrop) uses the two hooks: it replaces each weight's fake
     quantizer by its own rounded weight (:meth:`substitute_weight`), and QDrop randomly keeps
     activations float while it trains (:meth:`set_activation_drop`).  Both change only this
-    module, never the recipe; :meth:`BlockProblem.commit` writes the result.
+    module, never the recipe: the algorithm writes what it learned
+    (:meth:`StageContext.set_quantized_weight`, or :meth:`BlockProblem.commit` for the
+    module's parameters).
     """
 
     module: Any

@@ -188,3 +188,15 @@ def test_options_are_checked_and_warnings_given():
 def test_too_few_samples_are_warned_about(tmp_path_factory):
     notes = _run(tmp_path_factory, "brecq", 4).recipe.provenance["warnings"]
     assert any("32 calibration samples" in n and "at least 256" in n for n in notes)
+
+
+def test_the_documented_example_runs(capsys):
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "algorithms" / "brecq-qdrop.md"
+    text = doc.read_text(encoding="utf-8")
+    (code,) = [b.split("```")[0] for b in text.split("```python\n")[1:]]
+    exec(compile(code, str(doc), "exec"), {"__name__": "example"})
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].count("conv") == 2 and "add" in lines[0]  # the residual block, together
