@@ -4,7 +4,8 @@
                                               [--n-calib 256] [--device cpu]
 
 Trains a residual CNN on 8x8 digits (stem conv, two residual blocks, classifier; about 30 s on
-one core), then quantizes it for target ``x86-vnni`` with ``nearest``, ``brecq`` and ``qdrop``
+one core), then quantizes it for target ``x86-vnni`` with ``nearest``, ``brecq`` (plain and ``fisher=True``)
+and ``qdrop``
 rounding at each weight/activation format, and prints the test accuracy of the ONNX Runtime
 artifact (all optimizations on), its argmax agreement with quantfw's simulation, and the
 quantization seconds.  ``W4A4`` rows need a tree whose x86 target allows 4-bit activations.
@@ -97,14 +98,19 @@ def main() -> None:
     print(f"float accuracy {acc:.4f} (trained in {time.perf_counter() - t0:.0f} s)")
     calib = xtr[: args.n_calib]
     opts = {"iters": args.iters, "device": args.device}
-    print(f"{'format':6} {'rounding':8} {'ORT acc':>8} {'agree':>6} {'seconds':>8}")
+    print(f"{'format':6} {'rounding':12} {'ORT acc':>8} {'agree':>6} {'seconds':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in args.formats.split(","):
             weight, act = FORMATS[fmt]
             overrides = {"weight": weight, **({"activation": act} if act else {})}
-            for alg in ("nearest", "brecq", "qdrop"):
+            for alg in ("nearest", "brecq", "brecq+fisher", "qdrop"):
                 out = Path(tmp) / f"{fmt}-{alg}.onnx"
-                chosen = alg if alg == "nearest" else (alg, opts)
+                name, _, extra = alg.partition("+")
+                chosen = (
+                    alg
+                    if alg == "nearest"
+                    else (name, {**opts, **({extra: True} if extra else {})})
+                )
                 t = time.perf_counter()
                 try:
                     res = quantfw.quantize(
@@ -112,7 +118,7 @@ def main() -> None:
                         overrides=overrides, output=out,
                     )  # fmt: skip
                 except ValueError as exc:
-                    print(f"{fmt:6} {alg:8} not available: {str(exc)[:100]}")
+                    print(f"{fmt:6} {alg:12} not available: {str(exc)[:100]}")
                     break
                 secs = time.perf_counter() - t
                 so = ort.SessionOptions()
@@ -122,7 +128,7 @@ def main() -> None:
                 sim = res.simulate()({res.graph.inputs[0]: xte})[res.graph.outputs[0]]
                 acc = float((art.argmax(1) == yte).mean())
                 agree = float((art.argmax(1) == sim.argmax(1)).mean())
-                print(f"{fmt:6} {alg:8} {acc:8.4f} {agree:6.3f} {secs:8.1f}")
+                print(f"{fmt:6} {alg:12} {acc:8.4f} {agree:6.3f} {secs:8.1f}")
 
 
 if __name__ == "__main__":

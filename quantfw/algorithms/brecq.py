@@ -15,8 +15,19 @@ element, the float model's with probability ``p`` and the quantized model's othe
 reference implementation's mixing).  The flatter loss landscape this trains for is what makes
 W4A4 and below work; with ``p = 0`` QDrop is BRECQ, exactly.
 
-Not implemented: BRECQ's Fisher weighting of the output error (the error is plain squared error)
-and the learned activation step sizes of both papers (activation scales stay calibrated).
+BRECQ's ``fisher=True`` weights each element of the block's output error by how much the
+model's prediction depends on it.  There are no labels, so the loss whose gradient measures
+this is the prediction loss ``KL(softmax(float model output) || softmax(quantized model
+output))`` summed over samples (:meth:`~quantfw.api.blocks.BlockProblem.output_gradients`:
+the quantized model as the recipe stands -- blocks before this one reconstructed, this one and
+the rest at nearest -- with straight-through gradients through rounding), as in the reference
+implementation; the weight of an element is ``(1 + |g| / mean|g|) ** 2`` (the reference's
+``(1 + |g|) ** 2`` with the gradient in units of its mean magnitude, so it does not depend on
+how the loss is averaged), normalised to mean 1.  It assumes the model outputs logits (a
+classifier, a language model); for other outputs leave it off.
+
+Not implemented: the learned activation step sizes of both papers (activation scales stay
+calibrated).
 
 The optimisation runs on an engine with autograd (torch, :mod:`quantfw.api.engines`): the block
 module a frontend provides (:class:`~quantfw.api.blocks.ProvidesBlocks`) takes its arrays; on
@@ -45,7 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..api.context import StageContext
     from ..api.engines import Engine
 
-__all__ = ["Brecq", "QDrop", "MIN_SAMPLES"]
+__all__ = ["Brecq", "QDrop", "MIN_SAMPLES", "fisher_weights"]
 
 #: Calibration samples below which learned rounding is warned about (the papers use 1024).
 MIN_SAMPLES = 256
@@ -72,6 +83,8 @@ class Brecq:
     :param blocks: user blocks, lists of node names or fnmatch patterns (default: the automatic
         partition at cut points).
     :param max_block_layers: the most weighted layers in one automatic block.
+    :param fisher: weight the output error by the squared prediction-loss gradient (see the
+        module docstring; needs a frontend that computes gradients: torch).
     """
 
     name = "brecq"
@@ -90,8 +103,11 @@ class Brecq:
         device: str | None = None,
         blocks: Sequence[Sequence[str]] | None = None,
         max_block_layers: int = 8,
+        fisher: bool = False,
     ) -> None:
         n = self.name
+        _check(n, "fisher", isinstance(fisher, bool), "True or False", fisher)
+        self.fisher = fisher
         _check(n, "iters", isinstance(iters, int) and iters >= 1, "an integer >= 1", iters)
         _check(n, "batch_size", isinstance(batch_size, int) and batch_size >= 1, ">= 1", batch_size)
         _check(n, "lam", isinstance(lam, (int, float)) and lam >= 0, "a number >= 0", lam)
@@ -129,7 +145,12 @@ class Brecq:
             partition = user_blocks(ctx.graph, self.blocks, layers)
         else:
             partition = auto_blocks(ctx.graph, layers, self.max_block_layers)
-        record: dict[str, Any] = {"p": self.drop, "iters": self.iters, "blocks": []}
+        record: dict[str, Any] = {
+            "p": self.drop,
+            "iters": self.iters,
+            "fisher": self.fisher,
+            "blocks": [],
+        }
         ctx.recipe.provenance[self.name] = record
         ctx.recipe.provenance["rounding"] = self.name
         engine = None
@@ -184,7 +205,7 @@ class Brecq:
         if data is None:
             ctx.warn(f"{label}: left at nearest rounding: a block input is not a float tensor")
             return {**entry, "kept": "nearest"}
-        xq, xf, ys = data
+        xq, xf, ys, fw = data
         rows = xq[0].shape[0]
         if rows < max(MIN_SAMPLES, self.batch_size):
             ctx.warn(
@@ -195,6 +216,11 @@ class Brecq:
             )
         xp = engine.xp
         dev = [engine.asarray(a) for a in xq], [engine.asarray(a) for a in ys]
+        dev_w = [engine.asarray(a) for a in fw] if fw is not None else None
+
+        def weights_at(idx: np.ndarray) -> list[Any] | None:
+            return None if dev_w is None else [w[idx] for w in dev_w]
+
         dev_f = [engine.asarray(a) for a in xf] if xf is not None else None
         current = block.weights()
         rounding = {}
@@ -209,9 +235,8 @@ class Brecq:
                 for s in range(0, rows, self.batch_size):
                     idx = np.arange(s, min(rows, s + self.batch_size))
                     outs = block.module(*[a[idx] for a in dev[0]])
-                    total += float(
-                        engine.to_numpy(self._rec(outs, [y[idx] for y in dev[1]]))
-                    ) * len(idx)
+                    rec = self._rec(outs, [y[idx] for y in dev[1]], weights_at(idx))
+                    total += float(engine.to_numpy(rec)) * len(idx)
             return total / rows
 
         before = loss_all()
@@ -227,7 +252,7 @@ class Brecq:
             ins = [a[idx] for a in dev[0]]
             if dev_f is not None and self.drop > 0:
                 ins = [self._mix(engine, rng, q, f[idx]) for q, f in zip(ins, dev_f, strict=True)]
-            rec = self._rec(block.module(*ins), [y[idx] for y in dev[1]])
+            rec = self._rec(block.module(*ins), [y[idx] for y in dev[1]], weights_at(idx))
             loss = rec
             beta = beta_schedule(step, self.iters, warmup=self.warmup, start=self.beta[0],
                                  end=self.beta[1])  # fmt: skip
@@ -263,9 +288,10 @@ class Brecq:
 
     def _data(
         self, ctx: StageContext, bp: BlockProblem
-    ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[np.ndarray]] | None:
-        """The block's quantized-model inputs, float inputs (QDrop only) and float outputs over
-        all calibration batches, concatenated along the batch axis."""
+    ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[np.ndarray], Any] | None:
+        """The block's quantized-model inputs, float inputs (QDrop only), float outputs and
+        Fisher weights of the outputs (``fisher`` only) over all calibration batches,
+        concatenated along the batch axis."""
         xq: list[list[np.ndarray]] = [[] for _ in bp.inputs]
         ys: list[list[np.ndarray]] = [[] for _ in bp.outputs]
         for ins, outs in bp.pairs():
@@ -285,15 +311,25 @@ class Brecq:
         def cat(lists: list[list[np.ndarray]]) -> list[np.ndarray]:
             return [np.concatenate(v, axis=0).astype(np.float32, copy=False) for v in lists]
 
-        return cat(xq), None if xf is None else cat(xf), cat(ys)
+        fw = None
+        if self.fisher:
+            gs: list[list[np.ndarray]] = [[] for _ in bp.outputs]
+            for grads in bp.output_gradients():
+                for i, t in enumerate(bp.outputs):
+                    gs[i].append(grads[t])
+            fw = [fisher_weights(g) for g in cat(gs)]
+        return cat(xq), None if xf is None else cat(xf), cat(ys), fw
 
     @staticmethod
-    def _rec(outs: Sequence[Any], targets: Sequence[Any]) -> Any:
-        """Squared error summed over each sample's channels, averaged over samples and positions
-        (the reference implementations' ``lp_loss``), summed over the block's outputs."""
+    def _rec(outs: Sequence[Any], targets: Sequence[Any], weights: Sequence[Any] | None) -> Any:
+        """Squared error (times the Fisher weights, if any) summed over each sample's channels,
+        averaged over samples and positions (the reference implementations' ``lp_loss``),
+        summed over the block's outputs."""
         total = 0.0
-        for o, t in zip(outs, targets, strict=True):
+        for i, (o, t) in enumerate(zip(outs, targets, strict=True)):
             d = (o - t) ** 2
+            if weights is not None:
+                d = d * weights[i]
             total = total + (d.sum(1).mean() if d.ndim > 1 else d.mean())
         return total
 
@@ -331,6 +367,17 @@ class QDrop(Brecq):
             seed=seed, device=device, blocks=blocks, max_block_layers=max_block_layers,
         )  # fmt: skip
         self.drop = float(p)
+
+
+def fisher_weights(grad: np.ndarray) -> np.ndarray:
+    """Per-element weights ``(1 + |g| / mean|g|) ** 2``, normalised to mean 1 (all ones when the
+    gradient is zero everywhere), float32."""
+    a = np.abs(np.asarray(grad, dtype=np.float64))
+    m = a.mean() if a.size else 0.0
+    if not m > 0:
+        return np.ones(a.shape, dtype=np.float32)
+    w = (1.0 + a / m) ** 2
+    return (w / w.mean()).astype(np.float32)
 
 
 def nodes_text(nodes: Sequence[str]) -> str:

@@ -12,7 +12,7 @@ boundary and streams its inputs and float outputs batch by batch, as for layer p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -24,7 +24,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..recipe import Recipe
     from .layers import LayerHost
 
-__all__ = ["BlockModule", "BlockProblem", "ProvidesBlocks", "block_boundary"]
+__all__ = [
+    "BlockModule",
+    "BlockProblem",
+    "ProvidesBlocks",
+    "ProvidesOutputGradients",
+    "block_boundary",
+]
 
 
 @dataclass
@@ -120,6 +126,33 @@ class ProvidesBlocks(Protocol):
         """
 
 
+@runtime_checkable
+class ProvidesOutputGradients(Protocol):
+    """A frontend that can tell how much the model's prediction depends on inner tensors:
+    BRECQ's Fisher weighting of a block's output error (``fisher=True``)."""
+
+    def output_gradients(
+        self,
+        model: object,
+        graph: QuantGraph,
+        recipe: Recipe,
+        tensors: Sequence[str],
+        batches: Iterable[Any],
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Per batch, the gradient with respect to each of ``tensors`` (as its producer
+        computes it, before its own quantizer) of the prediction loss
+        ``sum over samples and graph outputs of KL(softmax(float) || softmax(quantized))``:
+        softmax over each float output's last axis, *float* the float model's outputs (with the
+        float rewrites ``weights``), *quantized* the outputs of the model with ``recipe``
+        applied as fake quantization (rounding passes gradients straight through).  Without
+        labels, this is how far the quantized model's prediction is from the float model's, so
+        its gradient says which elements of a tensor the prediction is sensitive to.  Arrays
+        shaped like the tensors; one batch alive at a time.
+        """
+
+
 def block_boundary(graph: QuantGraph, nodes: Sequence[str]) -> tuple[list[str], list[str]]:
     """``(inputs, outputs)`` of the block ``nodes`` of ``graph``, in graph order.
 
@@ -169,6 +202,15 @@ class BlockProblem:
     def pairs(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
         """``(quantized-model inputs, float outputs)`` per batch, side by side."""
         yield from zip(self.input_batches(), self.output_batches(), strict=True)
+
+    def output_gradients(self) -> Iterator[dict[str, np.ndarray]]:
+        """Per calibration batch, the gradient of the prediction loss with respect to each block
+        output (see :meth:`ProvidesOutputGradients.output_gradients`), with the recipe as it is
+        now, batch for batch alongside :meth:`pairs`.
+
+        :raises ValueError: the frontend cannot compute gradients.
+        """
+        yield from self._host().output_gradients(self.outputs)
 
     def commit(self) -> list[str]:
         """Write the module's current weights into the recipe (the quantized model's weights);

@@ -125,3 +125,28 @@ def test_substituted_weights_and_dropped_activations_give_the_float_block(quantf
             bm.set_activation_drop(1.5)
 
     run_with_blocks(quantfw_registry_with, look)
+
+
+def test_output_gradients_are_the_kl_gradient_in_closed_form(quantfw_registry_with):
+    """For the last layer, whose output is the model's, the gradient of
+    sum KL(softmax(float) || softmax(quantized)) is softmax(quantized) - softmax(float)."""
+
+    def softmax(a):
+        e = np.exp(a - a.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def look(ctx, linears):
+        block = ctx.block_problem([linears[-1]])
+        (out,) = block.outputs
+        assert out == ctx.graph.outputs[0]
+        sim = ctx.frontend.simulate(ctx.model, ctx.graph, ctx.recipe)
+        grads = list(block.output_gradients())
+        floats = list(block.output_batches())
+        assert len(grads) == len(floats) == 2
+        for batch, g, f in zip(ctx.calibration, grads, floats, strict=True):
+            q = sim(batch)[out]
+            want = softmax(q) - softmax(f[out])
+            assert np.abs(want).max() > 1e-4  # the quantized prediction does differ
+            np.testing.assert_allclose(g[out], want, atol=1e-6)
+
+    run_with_blocks(quantfw_registry_with, look)

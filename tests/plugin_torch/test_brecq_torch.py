@@ -159,10 +159,15 @@ def test_a_fixed_seed_gives_identical_weights(tmp_path_factory):
         np.testing.assert_array_equal(w, d.recipe.weights[name], err_msg=name)
 
 
-@pytest.mark.parametrize(("alg", "bits"), [("brecq", 4), ("qdrop", 4), ("qdrop", 2)])
-def test_the_ort_artifact_computes_the_simulation(kit, tmp_path_factory, alg, bits):
-    res = _run(tmp_path_factory, alg, bits)
-    assert any(b["kept"] == "learned" for b in res.recipe.provenance[alg]["blocks"])
+@pytest.mark.parametrize(
+    ("alg", "bits", "opts"),
+    [("brecq", 4, {}), ("qdrop", 4, {}), ("qdrop", 2, {}), ("brecq", 2, {"fisher": True})],
+)
+def test_the_ort_artifact_computes_the_simulation(kit, tmp_path_factory, alg, bits, opts):
+    res = _run(tmp_path_factory, alg, bits, **opts)
+    record = res.recipe.provenance[alg]
+    assert record["fisher"] is bool(opts.get("fisher"))
+    assert any(b["kept"] == "learned" for b in record["blocks"])
     held_out = _images(16, seed=9)
     sim = res.simulate()({"x": held_out})[res.graph.outputs[0]]
     art = kit.ort_run(res.artifact.path, {"x": held_out}, optimize=False)[0]

@@ -18,7 +18,7 @@ The module implements the block contract's hooks (:class:`quantfw.api.BlockModul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from quantfw.api import BlockModule
 from quantfw.graph import QuantGraph
 from quantfw.recipe import Recipe
 
-__all__ = ["block_module", "WeightSlot", "DropQuantize"]
+__all__ = ["block_module", "output_gradients", "WeightSlot", "DropQuantize"]
 
 
 def block_module(
@@ -177,3 +177,79 @@ def _ancestors(starts: list[torch.fx.Node], stop: set[torch.fx.Node]) -> set[tor
         if n not in stop:
             todo.extend(n.all_input_nodes)
     return seen
+
+
+def output_gradients(
+    graph: QuantGraph,
+    recipe: Recipe,
+    tensors: Sequence[str],
+    batches: Iterable[Any],
+    weights: Mapping[str, np.ndarray] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """See :meth:`quantfw.api.ProvidesOutputGradients.output_gradients`: the simulated model
+    runs with each wanted tensor made a leaf that requires a gradient (so the gradient is with
+    respect to the value its producer computed), the float model beside it."""
+    import gc
+
+    import torch.nn.functional as F
+
+    from .export import flat_inputs
+    from .frontend import _bind_float, _simulated, _weighted, _ws, exported_of
+
+    exp = exported_of(graph)
+    rewritten = set(weights or ())
+    changed = {n.name for n in graph.nodes if _weighted(n) and rewritten & set(_ws(n))}
+    float_model = _bind_float(exp, graph, changed, weights or {}).module
+    bound = _simulated(graph, recipe)
+    wanted: dict[torch.fx.Node, list[str]] = {}
+    for t in tensors:
+        node = bound.nodes.get(t)
+        if node is None:
+            raise KeyError(f"tensor {t!r} of graph {graph.name!r} has no FX node")
+        wanted.setdefault(node, []).append(t)
+
+    class Leaves(torch.fx.Interpreter):
+        def run_node(self, n):  # noqa: ANN001, ANN202
+            out = super().run_node(n)
+            if n in wanted and isinstance(out, torch.Tensor) and torch.is_floating_point(out):
+                out = out.detach().requires_grad_(True)
+                for name in wanted[n]:
+                    self.leaves[name] = out
+            return out
+
+    def leaves_of(outs: Any) -> list[torch.Tensor]:
+        return [o for o in torch.utils._pytree.tree_leaves(outs) if isinstance(o, torch.Tensor)]
+
+    try:
+        for batch in batches:
+            args = flat_inputs(exp, batch)
+            with torch.no_grad():
+                reference = leaves_of(float_model(*args))
+            interp = Leaves(bound.module)
+            interp.leaves = {}
+            with torch.enable_grad():
+                quantized = leaves_of(interp.run(*args))
+                loss = None
+                for f, q in zip(reference, quantized, strict=True):
+                    if not torch.is_floating_point(f):
+                        continue
+                    kl = F.kl_div(F.log_softmax(q, dim=-1), F.softmax(f, dim=-1), reduction="sum")
+                    loss = kl if loss is None else loss + kl
+                found = [interp.leaves[t] for t in tensors if t in interp.leaves]
+                grads = (
+                    torch.autograd.grad(loss, found, allow_unused=True)
+                    if loss is not None and found
+                    else [None] * len(found)
+                )
+            by_leaf = {id(leaf): g for leaf, g in zip(found, grads, strict=True)}
+            values = {}
+            for t in tensors:
+                leaf = interp.leaves.get(t)
+                if leaf is None:
+                    raise KeyError(f"tensor {t!r} is not a float tensor of the simulated model")
+                g = by_leaf.get(id(leaf))
+                values[t] = (torch.zeros_like(leaf) if g is None else g).detach().numpy().copy()
+            yield values
+    finally:
+        del bound, float_model
+        gc.collect()
