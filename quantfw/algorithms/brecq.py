@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import pairs
 from ..api.blocks import ProvidesBlocks
 from ..api.layers import LAYER_KINDS
 from .block_partition import auto_blocks, user_blocks
@@ -156,6 +157,12 @@ class Brecq:
         engine = None
         for k, nodes in enumerate(partition):
             label = f"{self.name} block {k + 1}/{len(partition)} ({nodes[0]}..{nodes[-1]})"
+            if not any(n in layers for n in nodes):
+                ctx.warn(
+                    f"{label}: nothing to learn: none of its nodes is a linear or conv layer "
+                    "whose weight the plan quantizes to an integer grid"
+                )
+                continue
             bp = ctx.block_problem(nodes)
             if engine is None or engine.name != bp.block.engine:
                 engine = ctx.engine(bp.block.engine, self.device, autograd=True)
@@ -184,6 +191,13 @@ class Brecq:
                 )
                 continue
             out[n.name] = w
+        limited = [n for n, w in out.items() if pairs.applies(ctx.recipe.tensors[w].spec)]
+        if limited:
+            ctx.warn(
+                f"{self.name}: the target limits pairs of int8 weight codes (x86-avx2) in "
+                f"{len(limited)} layer(s) ({limited[0]}, …); the limit applies after rounding "
+                "is learned, so some learned codes change (target x86-vnni keeps them)"
+            )
         return out
 
     # -- one block -----------------------------------------------------------------------------

@@ -205,3 +205,21 @@ def test_the_documented_example_runs(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2
     assert lines[0].count("conv") == 2 and "add" in lines[0]  # the residual block, together
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU visible to torch")
+def test_qdrop_trains_on_the_gpu(kit, tmp_path):
+    res = _quantize(
+        build_resnet(),
+        _images(32),
+        ("qdrop", {**FAST, "device": "cuda"}),
+        bits=2,
+        output=tmp_path / "m.onnx",
+    )
+    residual = res.recipe.provenance["qdrop"]["blocks"][1]
+    assert residual["kept"] == "learned" and residual["loss_learned"] < residual["loss_nearest"]
+    held_out = _images(16, seed=9)
+    sim = res.simulate()({"x": held_out})[res.graph.outputs[0]]
+    art = kit.ort_run(res.artifact.path, {"x": held_out}, optimize=False)[0]
+    np.testing.assert_allclose(sim, art, rtol=0, atol=1e-5 * float(np.abs(art).max()))
