@@ -223,3 +223,21 @@ def test_qdrop_trains_on_the_gpu(kit, tmp_path):
     sim = res.simulate()({"x": held_out})[res.graph.outputs[0]]
     art = kit.ort_run(res.artifact.path, {"x": held_out}, optimize=False)[0]
     np.testing.assert_allclose(sim, art, rtol=0, atol=1e-5 * float(np.abs(art).max()))
+
+
+def test_qdrop_on_a_transformer_layer_and_user_blocks(kit, tmp_path):
+    x = np.random.default_rng(0).standard_normal((32, 5, 16)).astype(np.float32)
+    res = quantfw.quantize(
+        TinyEncoder().eval(),
+        x,
+        target="x86-vnni",
+        algorithms=["none", ("qdrop", {**FAST, "blocks": [["*"]]})],
+        output=tmp_path / "m.onnx",
+    )
+    (block,) = res.recipe.provenance["qdrop"]["blocks"]  # one user block: the whole graph
+    assert len(block["weights"]) == 7 and np.isfinite(block["loss_learned"])
+    held_out = np.random.default_rng(1).standard_normal((8, 5, 16)).astype(np.float32)
+    name = res.graph.inputs[0]
+    sim = res.simulate()({name: held_out})[res.graph.outputs[0]]
+    art = kit.ort_run(res.artifact.path, {name: held_out}, optimize=False)[0]
+    np.testing.assert_allclose(sim, art, rtol=0, atol=1e-5 * float(np.abs(art).max()))
