@@ -68,6 +68,18 @@ class _NoTransform:
         """Nothing: the model's weights are used as they are."""
 
 
+def _brecq(**options):
+    from .algorithms.brecq import Brecq
+
+    return Brecq(**options)
+
+
+def _qdrop(**options):
+    from .algorithms.brecq import QDrop
+
+    return QDrop(**options)
+
+
 def _numpy_engine(device: str | None = None):
     from .api.engines import NumpyEngine
 
@@ -125,11 +137,28 @@ def quantfw_register_algorithms(register: Callable[[AlgorithmInfo], None]) -> No
     )
     register(
         AlgorithmInfo(
+            "brecq",
+            Stage.ROUND,
+            _brecq,
+            description="BRECQ: learned rounding by block reconstruction (torch models)",
+        )
+    )
+    register(
+        AlgorithmInfo(
             "adaquant",
             Stage.ROUND,
             _adaquant,
             description="AdaQuant: fit weights (and scales, biases) per layer through a "
             "straight-through quantizer (torch engine)",
+        )
+    )
+    register(
+        AlgorithmInfo(
+            "qdrop",
+            Stage.ROUND,
+            _qdrop,
+            description="QDrop: block reconstruction with activation quantization randomly "
+            "dropped, for W4A4 and below (torch models)",
         )
     )
     register(

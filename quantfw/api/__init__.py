@@ -16,7 +16,7 @@
 ``docs/contract.md`` is generated from these docstrings (``python -m quantfw.api.reference``).
 """
 
-from .blocks import BlockModule, BlockProblem, ProvidesBlocks
+from .blocks import BlockModule, BlockProblem, ProvidesBlocks, ProvidesOutputGradients
 from .components import (
     STAGE_ORDER,
     AlgorithmInfo,
@@ -78,6 +78,7 @@ __all__ = [
     "Optimizer",
     "ProgressFn",
     "ProvidesBlocks",
+    "ProvidesOutputGradients",
     "QuantizationResult",
     "Stage",
     "StageContext",

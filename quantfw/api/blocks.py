@@ -12,7 +12,7 @@ boundary and streams its inputs and float outputs batch by batch, as for layer p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -24,7 +24,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..recipe import Recipe
     from .layers import LayerHost
 
-__all__ = ["BlockModule", "BlockProblem", "ProvidesBlocks", "block_boundary"]
+__all__ = [
+    "BlockModule",
+    "BlockProblem",
+    "ProvidesBlocks",
+    "ProvidesOutputGradients",
+    "block_boundary",
+]
 
 
 @dataclass
@@ -38,12 +44,65 @@ class BlockModule:
     :ivar weights: the current values of the block's trainable weights, by initializer name (in
         the layout the graph stores them).
     :ivar parameters: the trainable weights themselves (engine arrays), by initializer name.
+    :ivar substitute: the frontend's implementation of :meth:`substitute_weight` (``None``: it
+        has none).
+    :ivar drop: the frontend's implementation of :meth:`set_activation_drop` (``None``: none).
+    :ivar place: the frontend's implementation of :meth:`to_device` (``None``: CPU only).
+
+    Learned rounding (BRECQ, QDrop) uses the two hooks: it replaces each weight's fake
+    quantizer by its own rounded weight (:meth:`substitute_weight`), and QDrop randomly keeps
+    activations float while it trains (:meth:`set_activation_drop`).  Both change only this
+    module, never the recipe: the algorithm writes what it learned
+    (:meth:`StageContext.set_quantized_weight`, or :meth:`BlockProblem.commit` for the
+    module's parameters).
     """
 
     module: Any
     engine: str
     weights: Callable[[], dict[str, np.ndarray]]
     parameters: dict[str, Any] = field(default_factory=dict)
+    substitute: Callable[[str, Callable[[], Any] | None], None] | None = None
+    drop: Callable[[float, int], None] | None = None
+    place: Callable[[str], None] | None = None
+
+    def substitute_weight(self, name: str, value: Callable[[], Any] | None) -> None:
+        """From now on, wherever the block reads the fake-quantized weight ``name`` (an
+        initializer of one of its nodes), it reads ``value()`` instead -- called on every run of
+        :attr:`module`, so it may return a different (soft, differentiable) array each time; an
+        engine array in the graph's layout of the weight, on the module's device.  ``None``
+        restores the weight's own fake quantizer.
+
+        :raises KeyError: ``name`` is no weight of the block.
+        :raises NotImplementedError: the frontend's block modules cannot substitute weights.
+        """
+        if self.substitute is None:
+            raise NotImplementedError(f"the {self.engine!r} block module cannot substitute weights")
+        self.substitute(name, value)
+
+    def set_activation_drop(self, p: float, seed: int = 0) -> None:
+        """QDrop's dropping: on every run of :attr:`module`, each activation quantizer inside
+        the block (those on the block's inputs included) passes each element's float value
+        instead of its fake-quantized one with probability ``p``, independently per element,
+        drawn from a generator seeded with ``seed`` now.  ``p = 0`` (the default state) is plain
+        fake quantization, exactly.
+
+        :raises ValueError: ``p`` outside ``[0, 1]``.
+        :raises NotImplementedError: the frontend's block modules cannot drop quantization.
+        """
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"activation drop probability must be in [0, 1], got {p!r}")
+        if self.drop is None:
+            raise NotImplementedError(f"the {self.engine!r} block module cannot drop activations")
+        self.drop(float(p), int(seed))
+
+    def to_device(self, device: str) -> None:
+        """Move :attr:`module` and :attr:`parameters` to ``device`` (an engine device string,
+        ``"cpu"``, ``"cuda:0"``), so it takes arrays of an engine on that device."""
+        if self.place is None:
+            if str(device) != "cpu":
+                raise ValueError(f"the {self.engine!r} block module runs on the CPU only")
+            return
+        self.place(str(device))
 
 
 @runtime_checkable
@@ -64,6 +123,33 @@ class ProvidesBlocks(Protocol):
         quantization inside and the weights of ``nodes`` (``recipe.weights`` first) trainable.
 
         :raises ValueError: naming what in the block cannot be separated from the model.
+        """
+
+
+@runtime_checkable
+class ProvidesOutputGradients(Protocol):
+    """A frontend that can tell how much the model's prediction depends on inner tensors:
+    BRECQ's Fisher weighting of a block's output error (``fisher=True``)."""
+
+    def output_gradients(
+        self,
+        model: object,
+        graph: QuantGraph,
+        recipe: Recipe,
+        tensors: Sequence[str],
+        batches: Iterable[Any],
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Per batch, the gradient with respect to each of ``tensors`` (as its producer
+        computes it, before its own quantizer) of the prediction loss
+        ``sum over samples and graph outputs of KL(softmax(float) || softmax(quantized))``:
+        softmax over each float output's last axis, *float* the float model's outputs (with the
+        float rewrites ``weights``), *quantized* the outputs of the model with ``recipe``
+        applied as fake quantization (rounding passes gradients straight through).  Without
+        labels, this is how far the quantized model's prediction is from the float model's, so
+        its gradient says which elements of a tensor the prediction is sensitive to.  Arrays
+        shaped like the tensors; one batch alive at a time.
         """
 
 
@@ -116,6 +202,15 @@ class BlockProblem:
     def pairs(self) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
         """``(quantized-model inputs, float outputs)`` per batch, side by side."""
         yield from zip(self.input_batches(), self.output_batches(), strict=True)
+
+    def output_gradients(self) -> Iterator[dict[str, np.ndarray]]:
+        """Per calibration batch, the gradient of the prediction loss with respect to each block
+        output (see :meth:`ProvidesOutputGradients.output_gradients`), with the recipe as it is
+        now, batch for batch alongside :meth:`pairs`.
+
+        :raises ValueError: the frontend cannot compute gradients.
+        """
+        yield from self._host().output_gradients(self.outputs)
 
     def commit(self) -> list[str]:
         """Write the module's current weights into the recipe (the quantized model's weights);

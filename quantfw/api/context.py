@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..recipe import Equalization
-from .blocks import BlockProblem, ProvidesBlocks, block_boundary
+from .blocks import BlockProblem, ProvidesBlocks, ProvidesOutputGradients, block_boundary
 from .channel_ranges import ChannelRanges
 from .layers import LAYER_KINDS, LayerProblem
 
@@ -297,9 +297,10 @@ class StageContext:
         """
         if not isinstance(self.frontend, ProvidesBlocks):
             raise ValueError(
-                f"the {self.frontend_name!r} frontend cannot build block modules, so block-wise "
-                "reconstruction (BRECQ, QDrop) is not available for this model; quantize the "
-                "model as a torch.nn.Module (the torch frontend can), or use a layer-wise method"
+                f"the {self.frontend_name!r} frontend cannot build trainable block modules "
+                "(quantfw.api.ProvidesBlocks), so block-wise reconstruction (brecq, qdrop) is "
+                "not available for this model; use a layer-wise method (adaround, adaquant), or "
+                "give quantize() the torch.nn.Module itself (the torch frontend builds them)"
             )
         inputs, outputs = block_boundary(self.graph, nodes)
         ordered = tuple(n.name for n in self.graph.nodes if n.name in set(nodes))
@@ -307,6 +308,32 @@ class StageContext:
             self.model, self.graph, self.recipe, ordered, inputs, outputs
         )
         return BlockProblem(ordered, tuple(inputs), tuple(outputs), block, host=self)
+
+    def output_gradients(self, tensors: Sequence[str]) -> Iterator[dict[str, np.ndarray]]:
+        """Per calibration batch, the gradient of the prediction loss with respect to
+        ``tensors`` (see :meth:`~quantfw.api.blocks.ProvidesOutputGradients.output_gradients`),
+        with the recipe as it is now.
+
+        :raises ValueError: when the frontend cannot compute gradients, or without calibration
+            data.
+        """
+        if not isinstance(self.frontend, ProvidesOutputGradients):
+            raise ValueError(
+                f"the {self.frontend_name!r} frontend cannot compute gradients of the model's "
+                "prediction (quantfw.api.ProvidesOutputGradients); the torch frontend can"
+            )
+        if self.calibration is None:
+            from ..calibration import CalibrationRequiredError
+
+            raise CalibrationRequiredError()
+        yield from self.frontend.output_gradients(
+            self.model,
+            self.graph,
+            self.recipe,
+            list(tensors),
+            self.calibration,
+            weights=self.float_weights or None,
+        )
 
     def engine(
         self, name: str | None = None, device: str | None = None, *, autograd: bool = False

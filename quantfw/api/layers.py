@@ -40,6 +40,8 @@ class LayerHost(Protocol):
 
     def set_quantized_weight(self, name: str, value: np.ndarray) -> None: ...
 
+    def output_gradients(self, tensors: Sequence[str]) -> Iterator[dict[str, np.ndarray]]: ...
+
 
 @dataclass
 class LayerProblem:

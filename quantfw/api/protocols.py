@@ -4,7 +4,8 @@ Required protocols: :class:`Frontend`, :class:`Backend`, :class:`Converter` (wit
 :class:`~quantfw.api.context.Algorithm` beside the stage context it runs in, and
 :class:`~quantfw.api.engines.Engine`).  A frontend may also implement any of the capability
 protocols :class:`BindsInputs`, :class:`AdaptsCalibration`, :class:`EstimatesActivations`,
-:class:`SupportsQAT` and :class:`~quantfw.api.blocks.ProvidesBlocks`; the pipeline
+:class:`SupportsQAT`, :class:`~quantfw.api.blocks.ProvidesBlocks` and
+:class:`~quantfw.api.blocks.ProvidesOutputGradients`; the pipeline
 uses a capability exactly when the object is an instance of its (runtime-checkable) protocol, and
 :func:`quantfw.plugins.check_plugin` (``deep=True``) checks the methods' signatures against these
 declarations.  The docstrings here are the contract.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..graph import QuantGraph
-from .blocks import ProvidesBlocks
+from .blocks import ProvidesBlocks, ProvidesOutputGradients
 from .data import Artifact, Batch
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -191,4 +192,5 @@ CAPABILITIES: dict[str, type] = {
     "activation_bytes": EstimatesActivations,
     "qat": SupportsQAT,
     "blocks": ProvidesBlocks,
+    "output_gradients": ProvidesOutputGradients,
 }

@@ -12,7 +12,7 @@ import inspect
 import sys
 from collections.abc import Iterable
 
-from . import components, context, data, engines, hookspecs, layers, protocols, result
+from . import blocks, components, context, data, engines, hookspecs, layers, protocols, result
 
 __all__ = ["render"]
 
@@ -65,6 +65,10 @@ def _members(cls: type, names: Iterable[str] | None = None) -> str:
     return "\n".join(lines).rstrip()
 
 
+def _fields(cls: type) -> str:
+    return f"Fields: `{', '.join(f.name for f in dataclasses.fields(cls))}`.\n\n"
+
+
 def _dataclass(cls: type) -> str:
     fields = ", ".join(f.name for f in dataclasses.fields(cls))
     return f"Fields: `{fields}`.\n\n{_doc(cls)}"
@@ -93,6 +97,8 @@ def render() -> str:
         [
             ("StageContext", _members(context.StageContext)),
             ("LayerProblem", _members(layers.LayerProblem)),
+            ("BlockProblem", _members(blocks.BlockProblem)),
+            ("BlockModule", _fields(blocks.BlockModule) + _members(blocks.BlockModule)),
         ],
     )
     out += _section(

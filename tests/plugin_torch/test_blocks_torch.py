@@ -89,3 +89,64 @@ def test_gradients_reach_the_weights_and_commit_writes_them(quantfw_registry_wit
         np.testing.assert_allclose(got.detach().numpy(), w, atol=1e-5 * np.abs(w).max())
 
     run_with_blocks(quantfw_registry_with, look)
+
+
+def test_substituted_weights_and_dropped_activations_give_the_float_block(quantfw_registry_with):
+    """With every weight substituted by its float value and every activation quantizer dropped
+    (p = 1), the block computes the float model's block; p = 0 is the simulation again."""
+
+    def look(ctx, linears):
+        block = ctx.block_problem(_between(ctx, linears[0], linears[1]))
+        bm = block.block
+        (x_name,), (y_name,) = block.inputs, block.outputs
+        xf = next(block.input_batches(quantized=False))[x_name]
+        yf = next(block.output_batches(quantized=False))[y_name]
+        (quantized,) = bm.module(torch.from_numpy(xf))
+        for name, p in bm.parameters.items():
+            bm.substitute_weight(name, lambda p=p: p)
+        bm.set_activation_drop(1.0)
+        (got,) = bm.module(torch.from_numpy(xf))
+        np.testing.assert_allclose(got.detach().numpy(), yf, rtol=1e-5, atol=1e-6)
+        # half dropped: a seeded mix of both, repeatable
+        for name in bm.parameters:
+            bm.substitute_weight(name, None)
+        bm.set_activation_drop(0.5, seed=3)
+        (a,) = bm.module(torch.from_numpy(xf))
+        bm.set_activation_drop(0.5, seed=3)
+        (b,) = bm.module(torch.from_numpy(xf))
+        assert torch.equal(a, b)
+        assert not torch.equal(a, quantized)
+        bm.set_activation_drop(0.0)
+        (again,) = bm.module(torch.from_numpy(xf))
+        assert torch.equal(again, quantized)
+        with pytest.raises(KeyError, match="no weight of the block"):
+            bm.substitute_weight("nothing", None)
+        with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+            bm.set_activation_drop(1.5)
+
+    run_with_blocks(quantfw_registry_with, look)
+
+
+def test_output_gradients_are_the_kl_gradient_in_closed_form(quantfw_registry_with):
+    """For the last layer, whose output is the model's, the gradient of
+    sum KL(softmax(float) || softmax(quantized)) is softmax(quantized) - softmax(float)."""
+
+    def softmax(a):
+        e = np.exp(a - a.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def look(ctx, linears):
+        block = ctx.block_problem([linears[-1]])
+        (out,) = block.outputs
+        assert out == ctx.graph.outputs[0]
+        sim = ctx.frontend.simulate(ctx.model, ctx.graph, ctx.recipe)
+        grads = list(block.output_gradients())
+        floats = list(block.output_batches())
+        assert len(grads) == len(floats) == 2
+        for batch, g, f in zip(ctx.calibration, grads, floats, strict=True):
+            q = sim(batch)[out]
+            want = softmax(q) - softmax(f[out])
+            assert np.abs(want).max() > 1e-4  # the quantized prediction does differ
+            np.testing.assert_allclose(g[out], want, atol=1e-6)
+
+    run_with_blocks(quantfw_registry_with, look)

@@ -218,6 +218,21 @@ class TorchFrontend:
 
         return block_module(graph, recipe, nodes, inputs, outputs)
 
+    def output_gradients(
+        self,
+        model: object,
+        graph: QuantGraph,
+        recipe: Recipe,
+        tensors: Sequence[str],
+        batches: Iterable[Batch],
+        *,
+        weights: Mapping[str, np.ndarray] | None = None,
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """See :func:`quantfw_torch.blocks.output_gradients`."""
+        from .blocks import output_gradients
+
+        yield from output_gradients(graph, recipe, tensors, batches, weights)
+
     # -- quantization-aware training (quantfw.qat) ---------------------------------------------
     def qat_prepare(self, result: Any, *, learn_scales: bool = False) -> Any:
         """See :func:`quantfw_torch.qat.qat_prepare`."""
