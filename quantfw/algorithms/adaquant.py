@@ -26,7 +26,7 @@ import numpy as np
 from ..numerics import broadcast_params, fake_quantize
 from ..spec import Granularity, QuantParams
 from .calibrate import bias_params
-from .reconstruction import check_options, gather, nearest_codes, on_grid, unsupported
+from .reconstruction import LayerData, LayerwiseMethod, check_options, nearest_codes, on_grid
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..api.context import StageContext
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["AdaQuant"]
 
 
-class AdaQuant:
+class AdaQuant(LayerwiseMethod):
     """Round stage: per-layer weight (and scale, bias) fitting through a straight-through
     quantizer.
 
@@ -79,34 +79,15 @@ class AdaQuant:
         self.max_samples, self.seed = max_samples, seed
         self.engine_name, self.device = engine, device
 
-    def run(self, ctx: StageContext) -> None:
-        engine = ctx.engine(self.engine_name, self.device, autograd=True)
-        record: dict[str, Any] = {
+    def header(self) -> dict[str, Any]:
+        return {
             "iters": self.iters, "learn_scale": self.learn_scale, "learn_bias": self.learn_bias,
-            "engine": engine.name, "target": "float layer output on the float input", "layers": {},
         }  # fmt: skip
-        ctx.recipe.provenance[self.name] = record
-        for index, p in enumerate(ctx.layer_problems(quantized_inputs=True)):
-            why = unsupported(p)
-            if why is not None:
-                ctx.warn(f"{self.name}: layer {p.node.name!r} keeps nearest rounding: {why}")
-                continue
-            record["layers"][p.node.name] = self._layer(ctx, engine, p, index)
 
-    def _layer(
-        self, ctx: StageContext, engine: Engine, p: LayerProblem, index: int
+    def learn(
+        self, ctx: StageContext, engine: Engine, p: LayerProblem, index: int, data: LayerData
     ) -> dict[str, Any]:
         name = p.node.name
-        data = gather(ctx, p, engine, max_samples=self.max_samples, seed=self.seed + index)
-        if data is None:
-            ctx.warn(
-                f"{self.name}: layer {name!r} keeps nearest rounding: no calibration batch "
-                "reached it"
-            )
-            return {"kept": "nearest", "reason": "no data"}
-        few = data.too_few()
-        if few is not None:
-            ctx.warn(f"{self.name}: {few}")
         wr = p.weight_recipe
         assert wr is not None and wr.params is not None
         params, spec = wr.params, wr.spec

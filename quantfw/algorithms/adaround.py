@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .reconstruction import (
+    LayerData,
+    LayerwiseMethod,
     check_options,
-    gather,
     grid_position,
     nearest_codes,
     on_grid,
-    unsupported,
 )
 from .soft_rounding import SoftRounding, beta_schedule
 
@@ -68,7 +68,7 @@ def _pair(name: str, value: Any) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
-class AdaRound:
+class AdaRound(LayerwiseMethod):
     """Round stage: learned up/down rounding per weight, layer by layer.
 
     :param iters: optimisation steps per layer (the paper uses 10 000 on ImageNet models;
@@ -112,34 +112,15 @@ class AdaRound:
         self.max_samples, self.seed = max_samples, seed
         self.engine_name, self.device = engine, device
 
-    def run(self, ctx: StageContext) -> None:
-        engine = ctx.engine(self.engine_name, self.device, autograd=True)
-        record: dict[str, Any] = {
-            "iters": self.iters, "lam": self.lam, "beta": list(self.beta), "engine": engine.name,
-            "target": "float layer output on the float input", "layers": {},
+    def header(self) -> dict[str, Any]:
+        return {
+            "iters": self.iters, "lam": self.lam, "beta": list(self.beta),
         }  # fmt: skip
-        ctx.recipe.provenance[self.name] = record
-        for index, p in enumerate(ctx.layer_problems(quantized_inputs=True)):
-            why = unsupported(p)
-            if why is not None:
-                ctx.warn(f"{self.name}: layer {p.node.name!r} keeps nearest rounding: {why}")
-                continue
-            record["layers"][p.node.name] = self._layer(ctx, engine, p, index)
 
-    def _layer(
-        self, ctx: StageContext, engine: Engine, p: LayerProblem, index: int
+    def learn(
+        self, ctx: StageContext, engine: Engine, p: LayerProblem, index: int, data: LayerData
     ) -> dict[str, Any]:
         name = p.node.name
-        data = gather(ctx, p, engine, max_samples=self.max_samples, seed=self.seed + index)
-        if data is None:
-            ctx.warn(
-                f"{self.name}: layer {name!r} keeps nearest rounding: no calibration batch "
-                "reached it"
-            )
-            return {"kept": "nearest", "reason": "no data"}
-        few = data.too_few()
-        if few is not None:
-            ctx.warn(f"{self.name}: {few}")
         wr = p.weight_recipe
         assert wr is not None and wr.params is not None
         params, spec = wr.params, wr.spec

@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LayerData",
+    "LayerwiseMethod",
     "check_options",
     "fused_activation",
     "gather",
@@ -276,3 +277,55 @@ def grid_position(weight: np.ndarray, params: QuantParams, spec: QuantSpec) -> n
     scale, zp = broadcast_params(params, spec, weight.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (np.asarray(weight, np.float32) / scale).astype(np.float64) + zp
+
+
+#: What both methods reconstruct, as their provenance records say.
+TARGET = "float layer output on the float input"
+
+
+class LayerwiseMethod:
+    """The loop AdaRound and AdaQuant share: every layer problem in graph order, with quantized
+    inputs; a layer that cannot be reconstructed, or that no calibration batch reached, keeps
+    nearest rounding and the user is told; too few samples gets a warning.  Subclasses set
+    :attr:`name`, the options used here, and implement :meth:`header` and :meth:`learn`."""
+
+    name: str
+    engine_name: str | None
+    device: str | None
+    max_samples: int
+    seed: int
+
+    def header(self) -> dict[str, Any]:
+        """The options recorded in ``recipe.provenance[name]``."""
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    def learn(
+        self, ctx: StageContext, engine: Engine, p: LayerProblem, index: int, data: LayerData
+    ) -> dict[str, Any]:
+        """Reconstruct one layer from ``data``; the layer's provenance entry."""
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    def run(self, ctx: StageContext) -> None:
+        engine = ctx.engine(self.engine_name, self.device, autograd=True)
+        record: dict[str, Any] = {
+            **self.header(), "engine": engine.name, "target": TARGET, "layers": {},
+        }  # fmt: skip
+        ctx.recipe.provenance[self.name] = record
+        for index, p in enumerate(ctx.layer_problems(quantized_inputs=True)):
+            name = p.node.name
+            why = unsupported(p)
+            if why is not None:
+                ctx.warn(f"{self.name}: layer {name!r} keeps nearest rounding: {why}")
+                continue
+            data = gather(ctx, p, engine, max_samples=self.max_samples, seed=self.seed + index)
+            if data is None:
+                ctx.warn(
+                    f"{self.name}: layer {name!r} keeps nearest rounding: no calibration batch "
+                    "reached it"
+                )
+                record["layers"][name] = {"kept": "nearest", "reason": "no data"}
+                continue
+            few = data.too_few()
+            if few is not None:
+                ctx.warn(f"{self.name}: {few}")
+            record["layers"][name] = self.learn(ctx, engine, p, index, data)
