@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..numerics import fake_quantize
 from .reconstruction import (
     LayerData,
     LayerwiseMethod,
@@ -126,7 +127,7 @@ class AdaRound(LayerwiseMethod):
         params, spec = wr.params, wr.spec
         t0 = time.perf_counter()
         nearest = nearest_codes(p.weight, params, spec)
-        before = data.full_loss(_fq(p))
+        before = data.full_loss(fake_quantize(p.weight, params, spec))  # nearest, as deployed
         sr = SoftRounding(engine, p.weight, params, spec)
         opt = engine.optimizer([sr.v], lr=self.lr)
         rng = np.random.default_rng([self.seed, index])
@@ -166,12 +167,3 @@ class AdaRound(LayerwiseMethod):
             f"{self.name} {name}: loss {before:.3g} -> {after:.3g}", self.iters, self.iters
         )
         return entry
-
-
-def _fq(p: LayerProblem) -> np.ndarray:
-    """The layer's weight rounded to nearest as the runtime does it (pair limit included)."""
-    from ..numerics import fake_quantize
-
-    wr = p.weight_recipe
-    assert wr is not None and wr.params is not None
-    return fake_quantize(p.weight, wr.params, wr.spec)
