@@ -48,6 +48,8 @@ class AdaQuant(LayerwiseMethod):
         symmetric grids).
     :param learn_bias: also learn the layer's bias (when it has one).
     :param max_samples: calibration samples kept per layer.
+    :param holdout: the fraction of each layer's data held out of the fitting; the result is
+        kept only when it also beats round-to-nearest there (0: judged on the training data).
     :param seed: the sample order and mini-batches.
     :param engine: the compute engine (default: the first with autograd, torch); ``device``
         its device.
@@ -63,25 +65,27 @@ class AdaQuant(LayerwiseMethod):
         learn_scale: bool = True,
         learn_bias: bool = True,
         max_samples: int = 1024,
+        holdout: float = 0.1,
         seed: int = 0,
         engine: str | None = None,
         device: str | None = None,
     ) -> None:
         check_options(
             self.name, iters=iters, batch_size=batch_size, lr=lr, max_samples=max_samples,
-            seed=seed,
+            holdout=holdout, seed=seed,
         )  # fmt: skip
         for key, value in (("learn_scale", learn_scale), ("learn_bias", learn_bias)):
             if not isinstance(value, bool):
                 raise ValueError(f"{self.name}: option {key}={value!r} must be true or false")
         self.iters, self.batch_size, self.lr = iters, batch_size, float(lr)
         self.learn_scale, self.learn_bias = learn_scale, learn_bias
-        self.max_samples, self.seed = max_samples, seed
+        self.max_samples, self.seed, self.holdout = max_samples, seed, float(holdout)
         self.engine_name, self.device = engine, device
 
     def header(self) -> dict[str, Any]:
         return {
             "iters": self.iters, "learn_scale": self.learn_scale, "learn_bias": self.learn_bias,
+            "holdout": self.holdout,
         }  # fmt: skip
 
     def learn(
@@ -92,7 +96,9 @@ class AdaQuant(LayerwiseMethod):
         assert wr is not None and wr.params is not None
         params, spec = wr.params, wr.spec
         t0 = time.perf_counter()
-        before = data.full_loss(fake_quantize(p.weight, params, spec))
+        nearest_w = fake_quantize(p.weight, params, spec)
+        before = data.full_loss(nearest_w)
+        before_held = data.full_loss(nearest_w, held_out=True) if data.held else None
 
         xp = engine.xp
         scale_full, zp_full = broadcast_params(params, spec, p.weight.shape)
@@ -148,6 +154,7 @@ class AdaQuant(LayerwiseMethod):
         b_new = None if d is None else engine.to_numpy(engine.detach(bias(d))).astype(np.float32)
         act = data.act
         after = data.full_loss(w_new, b_new)
+        after_held = data.full_loss(w_new, b_new, held_out=True) if data.held else None
         del data, u, r, d, opt  # release the layer's engine memory
 
         entry: dict[str, Any] = {
@@ -163,7 +170,9 @@ class AdaQuant(LayerwiseMethod):
             "activation": None if act is None else act[0].value,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        if after < before:
+        if after_held is not None:
+            entry["held_out_nearest"], entry["held_out_learned"] = before_held, after_held
+        if after < before if after_held is None else after_held < before_held:
             wr.params = new_params
             p.set_weight(w_new)
             if b_new is not None:

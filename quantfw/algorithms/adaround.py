@@ -82,6 +82,10 @@ class AdaRound(LayerwiseMethod):
     :param lr: Adam's step size on the rounding variables.
     :param max_samples: calibration samples kept per layer (memory: one layer's input and
         output for that many samples).
+    :param holdout: the fraction of each layer's data (samples, or token rows) held out of the
+        optimisation; the learned rounding is kept only when it also beats round-to-nearest
+        there (learned rounding can fit the calibration data and lose on other data); 0 judges
+        on the training data.
     :param seed: the sample order and mini-batches; the same seed gives the same codes.
     :param engine: the compute engine (default: the first with autograd, torch); ``device``
         its device (``"cpu"``, ``"cuda"``).  Both default to ``options["engine"]`` /
@@ -99,23 +103,25 @@ class AdaRound(LayerwiseMethod):
         warmup: float = 0.2,
         lr: float = 1e-2,
         max_samples: int = 1024,
+        holdout: float = 0.1,
         seed: int = 0,
         engine: str | None = None,
         device: str | None = None,
     ) -> None:
         check_options(
             self.name, iters=iters, batch_size=batch_size, lam=lam, warmup=warmup, lr=lr,
-            max_samples=max_samples, seed=seed,
+            max_samples=max_samples, holdout=holdout, seed=seed,
         )  # fmt: skip
         self.iters, self.batch_size, self.lam = iters, batch_size, float(lam)
         self.beta = _pair("beta", beta)
         self.warmup, self.lr = float(warmup), float(lr)
-        self.max_samples, self.seed = max_samples, seed
+        self.max_samples, self.seed, self.holdout = max_samples, seed, float(holdout)
         self.engine_name, self.device = engine, device
 
     def header(self) -> dict[str, Any]:
         return {
             "iters": self.iters, "lam": self.lam, "beta": list(self.beta),
+            "holdout": self.holdout,
         }  # fmt: skip
 
     def learn(
@@ -127,7 +133,9 @@ class AdaRound(LayerwiseMethod):
         params, spec = wr.params, wr.spec
         t0 = time.perf_counter()
         nearest = nearest_codes(p.weight, params, spec)
-        before = data.full_loss(fake_quantize(p.weight, params, spec))  # nearest, as deployed
+        nearest_w = fake_quantize(p.weight, params, spec)  # nearest, as deployed
+        before = data.full_loss(nearest_w)
+        before_held = data.full_loss(nearest_w, held_out=True) if data.held else None
         sr = SoftRounding(engine, p.weight, params, spec)
         opt = engine.optimizer([sr.v], lr=self.lr)
         rng = np.random.default_rng([self.seed, index])
@@ -149,6 +157,7 @@ class AdaRound(LayerwiseMethod):
         weight, moved = on_grid(learned, position, params, spec)
         act = data.act
         after = data.full_loss(weight)
+        after_held = data.full_loss(weight, held_out=True) if data.held else None
         del data, sr, opt  # release the layer's engine memory before the next layer
         entry: dict[str, Any] = {
             "loss_nearest": before,
@@ -158,7 +167,10 @@ class AdaRound(LayerwiseMethod):
             "activation": None if act is None else act[0].value,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        if after < before:
+        if after_held is not None:
+            entry["held_out_nearest"], entry["held_out_learned"] = before_held, after_held
+        better = after < before if after_held is None else after_held < before_held
+        if better:
             p.set_weight(weight)
         else:  # the attempt is recorded, the deployed codes are nearest's
             entry["kept"] = "nearest"

@@ -71,6 +71,10 @@ def check_options(algo: str, **values: Any) -> None:
         v = values["warmup"]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1:
             raise bad("warmup", "a fraction of iters in [0, 1)")
+    if "holdout" in values:
+        v = values["holdout"]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 0.5:
+            raise bad("holdout", "a fraction of the data in [0, 0.5]")
     if "seed" in values:
         v = values["seed"]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -126,13 +130,25 @@ def output_channels(p: LayerProblem) -> int:
 
 @dataclass
 class LayerData:
-    """One layer's reconstruction data in engine memory, samples in a fixed random order.
+    """One layer's reconstruction data in engine memory, in a fixed random order.
+
+    A linear layer applied to every position of a sequence (a transformer's ``(batch, tokens,
+    features)`` input) is reconstructed on its token rows: the input is flattened to ``(rows,
+    features)`` and the rows are shuffled together, so that every step sees tokens of many
+    sentences (not whole sentences, whose tokens are alike), and calibration batches of
+    different lengths join.  Other layers keep whole samples on axis 0.
 
     :ivar x: the quantized model's input, fake-quantized as the layer reads it.
     :ivar target: the float layer's output on the float model's input (fused activation applied).
-    :ivar samples: calibration samples (axis 0); ``rows`` the rows of the layer's input matrix
+    :ivar samples: calibration samples; ``rows`` the rows of the layer's input matrix
         (samples times output positions: tokens, pixels); ``features`` its columns (the
         reduction length: input features, or ``C_in / groups * kernel`` for a conv).
+    :ivar per_sample: entries of ``x``'s axis 0 per calibration sample (1, or the average
+        number of token rows of a sample when the input is flattened); a batch of ``n``
+        samples takes ``n * per_sample`` entries.
+    :ivar held: the last ``held`` entries (of the shuffled data) are held out: mini-batches
+        never draw them, and :meth:`full_loss` can score them alone, so the method keeps a
+        learned weight only when it also lowers the error on data it was not fitted to.
     """
 
     engine: Engine
@@ -145,11 +161,20 @@ class LayerData:
     features: int
     channels: int
     bias: Any | None
+    per_sample: float = 1.0
+    held: int = 0
+
+    @property
+    def entries(self) -> int:
+        """The length of ``x``'s axis 0."""
+        return int(self.x.shape[0])
 
     def batch(self, rng: np.random.Generator, size: int) -> tuple[Any, Any]:
-        """A random window of ``size`` consecutive samples of the shuffled data."""
-        size = min(size, self.samples)
-        start = int(rng.integers(0, self.samples - size + 1))
+        """A random window of the shuffled training data (the held-out entries excluded)
+        worth ``size`` calibration samples."""
+        n = self.entries - self.held
+        size = min(max(int(round(size * self.per_sample)), 1), n)
+        start = int(rng.integers(0, n - size + 1))
         return self.x[start : start + size], self.target[start : start + size]
 
     def forward(self, x: Any, weight: Any, bias: Any | None = None) -> Any:
@@ -163,19 +188,28 @@ class LayerData:
         return xp.mean((y - target) ** 2) * float(self.channels)
 
     def full_loss(
-        self, weight: np.ndarray, bias: np.ndarray | None = None, chunk: int = 256
+        self,
+        weight: np.ndarray,
+        bias: np.ndarray | None = None,
+        chunk: int = 256,
+        *,
+        held_out: bool = False,
     ) -> float:
-        """:meth:`loss` over all the data for a numpy weight (no gradients), in chunks."""
+        """:meth:`loss` for a numpy weight (no gradients), in chunks of ``chunk`` samples: over
+        all the data, or over the held-out entries only (``held_out=True``; all the data when
+        none are held out)."""
         eng = self.engine
         w = eng.asarray(weight)
         b = None if bias is None else eng.asarray(bias)
         total = 0.0
-        for s in range(0, self.samples, chunk):
+        first = self.entries - self.held if held_out and self.held else 0
+        chunk = max(int(chunk * self.per_sample), 1)
+        for s in range(first, self.entries, chunk):
             y = self.forward(self.x[s : s + chunk], w, b)
             part = self.loss(y, self.target[s : s + chunk])
-            n = min(chunk, self.samples - s)
+            n = min(chunk, self.entries - s)
             total += float(eng.to_numpy(eng.detach(part))) * n
-        return total / self.samples
+        return total / (self.entries - first)
 
     def too_few(self) -> str | None:
         """A warning when the data cannot pin the weights down: fewer rows of the input matrix
@@ -193,13 +227,27 @@ class LayerData:
         )
 
 
+#: The fewest held-out entries a decision is made on; with less data, learned rounding is judged
+#: on the data it was fitted to.
+MIN_HELD = 32
+
+
 def gather(
-    ctx: StageContext, p: LayerProblem, engine: Engine, *, max_samples: int, seed: int
+    ctx: StageContext,
+    p: LayerProblem,
+    engine: Engine,
+    *,
+    max_samples: int,
+    seed: int,
+    holdout: float = 0.0,
 ) -> LayerData | None:
     """The layer's data from the calibration batches (at most ``max_samples`` samples), moved
-    into ``engine`` in a random order fixed by ``seed``; ``None`` when no batch reached it."""
+    into ``engine`` in a random order fixed by ``seed``, the last ``holdout`` fraction of it
+    held out (:attr:`LayerData.held`; none when that would be fewer than :data:`MIN_HELD`
+    entries, too few to judge by); ``None`` when no batch reached it."""
     ir = p.input_recipe
     act = fused_activation(ctx, p.node.name)
+    token_rows = _token_rows(p)
     xs: list[np.ndarray] = []
     ts: list[np.ndarray] = []
     n = 0
@@ -210,15 +258,20 @@ def gather(
         if ir is not None:
             x_quant = fake_quantize(x_quant, ir.params, ir.spec)  # type: ignore[arg-type]
         target = _apply(np, p.output(x_float), act)
-        xs.append(np.asarray(x_quant, np.float32))
-        ts.append(np.asarray(target, np.float32))
+        x_quant, target = np.asarray(x_quant, np.float32), np.asarray(target, np.float32)
+        if token_rows and x_quant.ndim > 2:
+            x_quant = x_quant.reshape(-1, x_quant.shape[-1])
+            target = target.reshape(-1, target.shape[-1])
+        xs.append(x_quant)
+        ts.append(target)
         n += take
         if n >= max_samples:
             pairs_iter.close()  # the remaining batches are not needed
             break
     if n == 0:
         return None
-    order = np.random.default_rng(seed).permutation(n)
+    entries = int(sum(len(x) for x in xs))
+    order = np.random.default_rng(seed).permutation(entries)
     channels = output_channels(p)
     rows = int(sum(t.size for t in ts) // channels)
     x_eng = _to_engine(engine, xs, order)  # one copy alive at a time besides the engine's
@@ -234,7 +287,16 @@ def gather(
         features=int(p.weight.size // channels),
         channels=channels,
         bias=None if p.bias is None else engine.asarray(p.bias),
+        per_sample=entries / n,
+        held=held if (held := int(entries * holdout)) >= MIN_HELD else 0,
     )
+
+
+def _token_rows(p: LayerProblem) -> bool:
+    """Whether the layer is a linear layer with a 2-D weight: one whose input, when it has 3 or
+    more dimensions (a transformer's ``(batch, tokens, features)``), is reconstructed row by
+    row, since each output row depends on its own input row only."""
+    return p.node.op is OpKind.LINEAR and p.weight.ndim == 2
 
 
 def _to_engine(engine: Engine, parts: list[np.ndarray], order: np.ndarray) -> Any:
@@ -294,6 +356,7 @@ class LayerwiseMethod:
     device: str | None
     max_samples: int
     seed: int
+    holdout: float = 0.0
 
     def header(self) -> dict[str, Any]:
         """The options recorded in ``recipe.provenance[name]``."""
@@ -317,7 +380,10 @@ class LayerwiseMethod:
             if why is not None:
                 ctx.warn(f"{self.name}: layer {name!r} keeps nearest rounding: {why}")
                 continue
-            data = gather(ctx, p, engine, max_samples=self.max_samples, seed=self.seed + index)
+            data = gather(
+                ctx, p, engine, max_samples=self.max_samples, seed=self.seed + index,
+                holdout=self.holdout,
+            )  # fmt: skip
             if data is None:
                 ctx.warn(
                     f"{self.name}: layer {name!r} keeps nearest rounding: no calibration batch "

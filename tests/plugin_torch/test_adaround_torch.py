@@ -281,3 +281,52 @@ def test_engines_detach_and_optimize():
     with pytest.raises(ValueError, match=r'pip install "quantfw\[torch\]"'):
         NumpyEngine().optimizer([np.zeros(2)], lr=0.1)
     assert NumpyEngine().detach(np.ones(2)).tolist() == [1.0, 1.0]
+
+
+def test_sequence_inputs_are_reconstructed_on_token_rows():
+    """A linear layer on ``(batch, tokens, features)`` learns from its token rows: the same rows
+    given as 3-D sequences give exactly the codes they give as a 2-D matrix (with the step's
+    row count matched), and calibration batches of different lengths join."""
+    x, g = rows(1), one_linear()
+    settings = {"target": "generic", "overrides": {"weight": {"bits": 4}}}
+
+    def run(batches, batch_size):
+        res = quantfw.quantize(
+            g, batches, algorithms=["none", ("adaround", {"iters": 60, "batch_size": batch_size})],
+            **settings,
+        )  # fmt: skip
+        return res.recipe
+
+    seq = run([x[i : i + 64].reshape(8, 8, 64) for i in range(0, 512, 64)], 4)  # 4 x 8 rows
+    flat = run([x[i : i + 64] for i in range(0, 512, 64)], 32)
+    assert seq.provenance["adaround"]["layers"]["fc"]["codes_changed"] > 0
+    np.testing.assert_array_equal(seq.weights["w"], flat.weights["w"])
+
+    ragged = run([x[:40].reshape(8, 5, 64), x[40:112].reshape(8, 9, 64)], 4)
+    entry = ragged.provenance["adaround"]["layers"]["fc"]
+    assert entry["loss_learned"] < entry["loss_nearest"] and "kept" not in entry
+
+
+def test_the_held_out_check_keeps_nearest_where_learned_rounding_only_fits_the_data():
+    """4,096 independent input features and 320 calibration rows: the rounding can fit those
+    rows and nothing else.  Judged on its own data (holdout 0) AdaRound's weight is worse than
+    nearest's on fresh rows; the default held-out check sees that and keeps nearest."""
+    k = 4096
+    g = one_linear(k=k)
+    x = np.random.default_rng(1).normal(size=(320, k)).astype(np.float32)
+    fresh = np.random.default_rng(2).normal(size=(2000, k)).astype(np.float32)
+    common = {"target": "generic", "overrides": {"weight": {"bits": 4}}}
+    near = quantfw.quantize(g, x, algorithms=["none"], **common)
+    opts = {"iters": 300, "batch_size": 64}
+    fitted = quantfw.quantize(
+        g, x, algorithms=["none", ("adaround", {**opts, "holdout": 0})], **common
+    )
+    checked = quantfw.quantize(g, x, algorithms=["none", ("adaround", opts)], **common)
+
+    e_fit = fitted.recipe.provenance["adaround"]["layers"]["fc"]
+    assert e_fit["loss_learned"] < 0.7 * e_fit["loss_nearest"]  # on the calibration rows
+    assert reconstruction_mse(fitted, fresh) > reconstruction_mse(near, fresh)  # overfitted
+    e = checked.recipe.provenance["adaround"]["layers"]["fc"]
+    assert e["kept"] == "nearest" and e["held_out_learned"] >= e["held_out_nearest"]
+    assert "w" not in checked.recipe.weights
+    assert reconstruction_mse(checked, fresh) == reconstruction_mse(near, fresh)
