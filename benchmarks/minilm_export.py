@@ -209,6 +209,12 @@ def _cache_key(opset: int) -> dict[str, Any]:
     }
 
 
+def torch_encoder():
+    """The float encoder as the ONNX export sees it: ``(input_ids, attention_mask,
+    token_type_ids) -> last_hidden_state``, eval mode."""
+    return _wrapper(load_torch_model())
+
+
 def _wrapper(model):
     import torch
 

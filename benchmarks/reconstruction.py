@@ -138,8 +138,12 @@ def run_row(
     )
     if algorithms is None:
         return {**row, "note": why}
+    if args.weight_range != "minmax":  # the calibrate stage's weight ranges
+        algorithms.insert(0, ("minmax", {"weight_method": args.weight_range}))
     w, a = SETTINGS[setting]
-    overrides = {"weight": {"bits": w}, "activation": {"bits": a}}
+    overrides: dict[str, Any] = {"weight": {"bits": w}, "activation": {"bits": a}}
+    if getattr(args, "layers", None):
+        overrides["layers"] = args.layers
     out = workdir / f"{tag}.{setting}.{method}.{variant.replace('+', '_')}.onnx"
     t0 = time.perf_counter()
     try:
@@ -223,10 +227,18 @@ def minilm_rows(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any]
     backend = OnnxRuntimeBackend()
     ref = embed(backend.session(str(path)), tok, ev)
     head = {"n_calib": len(cal), "n_eval": len(ev), "seq": args.seq}
+    model: Any = str(path)
+    if args.minilm_frontend == "torch":  # the same weights as a torch module: block methods run
+        import torch
+        from minilm_export import torch_encoder
+
+        torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+        model = torch_encoder()
+        calib = [{k: torch.from_numpy(v) for k, v in b.items()} for b in calib]
 
     def quantize(algorithms, overrides, out):
         return quantfw.quantize(
-            str(path), calib, target="x86", algorithms=algorithms, overrides=overrides, output=out
+            model, calib, target="x86", algorithms=algorithms, overrides=overrides, output=out
         )
 
     def score(result, out):
@@ -312,7 +324,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="fewer iterations and samples (smoke)")
     ap.add_argument("--n-calib", type=int, default=None, help="resnet: 512 (quick 64); minilm 64")
     ap.add_argument("--n-eval", type=int, default=None, help="minilm sentences: 256 (quick 64)")
-    ap.add_argument("--seq", type=int, default=None, help="minilm tokens: 128 (quick 64)")
+    ap.add_argument(
+        "--seq", type=int, default=None,
+        help="minilm calibration tokens: pad every sentence to this; default: each batch to its "
+        "longest sentence",
+    )  # fmt: skip
+    ap.add_argument(
+        "--weight-range", choices=("minmax", "mse"), default="minmax",
+        help="weight ranges of the calibrate stage (mse: the clipping that minimises each "
+        "channel's squared error)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--embedding-bits", default="8",
+        help="minilm: bits of the embedding tables (8, NNCF's convention for weight "
+        "compression; 'same': the setting's weight bits)",
+    )  # fmt: skip
+    (ap.add_argument("--minilm-frontend", choices=("onnx", "torch"), default="onnx"),)
     ap.add_argument("--seed", type=int, default=0, help="algorithms' seed option")
     ap.add_argument("--model-seed", type=int, default=0, help="training seed of the digits ResNet")
     ap.add_argument("--resnet-frontend", choices=("torch", "onnx"), default="torch")
@@ -324,6 +351,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.settings = _csv(args.settings, tuple(SETTINGS), "settings")
     args.methods = _csv(args.methods, None, "methods")
     args.variants = _csv(args.variants, VARIANTS, "variants")
+    if args.embedding_bits != "same" and args.embedding_bits not in ("2", "3", "4", "8"):
+        ap.error("--embedding-bits takes 2, 3, 4, 8 or 'same'")
     if not isinstance(args.options, dict):
         ap.error("--options takes a JSON object {algorithm: {option: value}}")
     return args
@@ -355,12 +384,18 @@ def main(argv: list[str] | None = None) -> int:
                     **base,
                     "n_calib": args.n_calib or (16 if args.quick else 64),
                     "n_eval": args.n_eval or (64 if args.quick else 256),
-                    "seq": args.seq or (64 if args.quick else 128),
+                    "seq": args.seq,
+                    "layers": None
+                    if args.embedding_bits == "same"
+                    else {"*embeddings*": {"bits": int(args.embedding_bits)}},
                 }
             )
-            print(f"\n== all-MiniLM-L6-v2 ({sub.n_calib} calibration sentences, {sub.n_eval} "
-                  f"held-out, {sub.seq} tokens; embedding cosine and top-1 agreement vs float)",
-                  flush=True)  # fmt: skip
+            pad = "padded per batch" if sub.seq is None else f"{sub.seq} tokens"
+            emb = "same bits" if sub.layers is None else f"{args.embedding_bits}-bit"
+            print(f"\n== all-MiniLM-L6-v2 ({args.minilm_frontend} model; {sub.n_calib} "
+                  f"calibration sentences, {pad}; {sub.n_eval} held-out; embedding tables "
+                  f"{emb}; weight ranges {args.weight_range}; embedding cosine and top-1 "
+                  "agreement vs float)", flush=True)  # fmt: skip
             head, rows = minilm_rows(sub, args.workdir)
         print(table(rows), flush=True)
         report[name] = {**head, "rows": rows}

@@ -322,7 +322,16 @@ class Brecq:
         if any(b[0].dtype.kind != "f" for b in xq if b):
             return None
 
-        def cat(lists: list[list[np.ndarray]]) -> list[np.ndarray]:
+        def cat(lists: list[list[np.ndarray]], names: Sequence[str]) -> list[np.ndarray]:
+            for v, t in zip(lists, names, strict=True):
+                shapes = sorted({a.shape[1:] for a in v})
+                if len(shapes) > 1:
+                    raise ValueError(
+                        f"{self.name}: block {nodes_text(bp.nodes)}: tensor {t!r} has shapes "
+                        f"{shapes} (after the batch axis) in different calibration batches; a "
+                        "block learns from whole samples, so give calibration batches of one "
+                        "shape (pad every sequence to the same length)"
+                    )
             return [np.concatenate(v, axis=0).astype(np.float32, copy=False) for v in lists]
 
         fw = None
@@ -331,8 +340,13 @@ class Brecq:
             for grads in bp.output_gradients():
                 for i, t in enumerate(bp.outputs):
                     gs[i].append(grads[t])
-            fw = [fisher_weights(g) for g in cat(gs)]
-        return cat(xq), None if xf is None else cat(xf), cat(ys), fw
+            fw = [fisher_weights(g) for g in cat(gs, bp.outputs)]
+        return (
+            cat(xq, bp.inputs),
+            None if xf is None else cat(xf, bp.inputs),
+            cat(ys, bp.outputs),
+            fw,
+        )
 
     @staticmethod
     def _rec(outs: Sequence[Any], targets: Sequence[Any], weights: Sequence[Any] | None) -> Any:

@@ -241,3 +241,15 @@ def test_qdrop_on_a_transformer_layer_and_user_blocks(kit, tmp_path):
     sim = res.simulate()({name: held_out})[res.graph.outputs[0]]
     art = kit.ort_run(res.artifact.path, {name: held_out}, optimize=False)[0]
     np.testing.assert_allclose(sim, art, rtol=0, atol=1e-5 * float(np.abs(art).max()))
+
+
+def test_calibration_batches_of_different_lengths_are_refused_with_the_fix():
+    """A block learns from whole samples, so its inputs must stack: sequences of 5 and 7 tokens
+    in different batches get an error naming the tensor and what to do."""
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((16, n, 16)).astype(np.float32) for n in (5, 7)]
+    with pytest.raises(ValueError, match=r"has shapes \[.*\] .*pad every sequence to the same"):
+        quantfw.quantize(
+            TinyEncoder().eval(), batches, target="x86-vnni",
+            algorithms=["none", ("brecq", {**FAST, "blocks": [["*"]]})],
+        )  # fmt: skip
