@@ -49,7 +49,8 @@ class AdaQuant(LayerwiseMethod):
     :param learn_bias: also learn the layer's bias (when it has one).
     :param max_samples: calibration samples kept per layer.
     :param holdout: the fraction of each layer's data held out of the fitting; the result is
-        kept only when it also beats round-to-nearest there (0: judged on the training data).
+        kept only when it also beats round-to-nearest there (default 0: judged on the
+        training data).
     :param seed: the sample order and mini-batches.
     :param engine: the compute engine (default: the first with autograd, torch); ``device``
         its device.
@@ -65,7 +66,7 @@ class AdaQuant(LayerwiseMethod):
         learn_scale: bool = True,
         learn_bias: bool = True,
         max_samples: int = 1024,
-        holdout: float = 0.1,
+        holdout: float = 0.0,
         seed: int = 0,
         engine: str | None = None,
         device: str | None = None,

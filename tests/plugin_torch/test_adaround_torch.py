@@ -309,8 +309,8 @@ def test_sequence_inputs_are_reconstructed_on_token_rows():
 
 def test_the_held_out_check_keeps_nearest_where_learned_rounding_only_fits_the_data():
     """4,096 independent input features and 320 calibration rows: the rounding can fit those
-    rows and nothing else.  Judged on its own data (holdout 0) AdaRound's weight is worse than
-    nearest's on fresh rows; the default held-out check sees that and keeps nearest."""
+    rows and nothing else.  Judged on its own data (holdout 0, the default) AdaRound's weight is
+    worse than nearest's on fresh rows; the held-out check sees that and keeps nearest."""
     k = 4096
     g = one_linear(k=k)
     x = np.random.default_rng(1).normal(size=(320, k)).astype(np.float32)
@@ -321,7 +321,9 @@ def test_the_held_out_check_keeps_nearest_where_learned_rounding_only_fits_the_d
     fitted = quantfw.quantize(
         g, x, algorithms=["none", ("adaround", {**opts, "holdout": 0})], **common
     )
-    checked = quantfw.quantize(g, x, algorithms=["none", ("adaround", opts)], **common)
+    checked = quantfw.quantize(
+        g, x, algorithms=["none", ("adaround", {**opts, "holdout": 0.1})], **common
+    )
 
     e_fit = fitted.recipe.provenance["adaround"]["layers"]["fc"]
     assert e_fit["loss_learned"] < 0.7 * e_fit["loss_nearest"]  # on the calibration rows
