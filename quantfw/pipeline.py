@@ -74,7 +74,12 @@ def _normalise_algorithms(algorithms: AlgorithmChoices | None) -> list[tuple[str
     for item in algorithms:
         if isinstance(item, str):
             out.append((item, {}))
-        elif isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
+        elif (
+            isinstance(item, (tuple, list))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and (item[1] is None or isinstance(item[1], Mapping))
+        ):  # a list pair is what JSON and YAML give for a tuple
             out.append((item[0], dict(item[1] or {})))
         else:
             raise TypeError(

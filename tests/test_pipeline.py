@@ -117,6 +117,23 @@ def test_every_calibrator_runs_and_stays_close(digits, method):
     assert agree > 0.95, (method, agree)
 
 
+def test_algorithm_pairs_may_be_lists_as_json_gives_them(digits):
+    graph, x_tr, _, _ = digits
+    as_list = quantfw.quantize(graph, x_tr[:128], algorithms=[["percentile", {"percentile": 99.0}]])
+    as_tuple = quantfw.quantize(
+        graph, x_tr[:128], algorithms=[("percentile", {"percentile": 99.0})]
+    )
+    default = quantfw.quantize(graph, x_tr[:128], algorithms=["percentile"])
+    for name, t in as_tuple.recipe.of_role("activation").items():
+        np.testing.assert_array_equal(as_list.recipe.tensors[name].params.scale, t.params.scale)
+    assert any(
+        not np.array_equal(t.params.scale, default.recipe.tensors[n].params.scale)
+        for n, t in as_list.recipe.of_role("activation").items()
+    )  # the options were used
+    with pytest.raises(TypeError, match="give a name or a"):
+        quantfw.quantize(graph, x_tr[:128], algorithms=[["percentile", 99.0]])
+
+
 def test_dynamic_needs_no_calibration(digits):
     graph, _, x_te, y_te = digits
     res = quantfw.quantize(graph, None, overrides={"dynamic": True})
