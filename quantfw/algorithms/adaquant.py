@@ -51,6 +51,8 @@ class AdaQuant(LayerwiseMethod):
     :param holdout: the fraction of each layer's data held out of the fitting; the result is
         kept only when it also beats round-to-nearest there (default 0: judged on the
         training data).
+    :param inputs: ``"quantized"`` (default): inputs with every earlier layer quantized;
+        ``"float"``: the float model's.
     :param seed: the sample order and mini-batches.
     :param engine: the compute engine (default: the first with autograd, torch); ``device``
         its device.
@@ -67,13 +69,14 @@ class AdaQuant(LayerwiseMethod):
         learn_bias: bool = True,
         max_samples: int = 1024,
         holdout: float = 0.0,
+        inputs: str = "quantized",
         seed: int = 0,
         engine: str | None = None,
         device: str | None = None,
     ) -> None:
         check_options(
             self.name, iters=iters, batch_size=batch_size, lr=lr, max_samples=max_samples,
-            holdout=holdout, seed=seed,
+            holdout=holdout, inputs=inputs, seed=seed,
         )  # fmt: skip
         for key, value in (("learn_scale", learn_scale), ("learn_bias", learn_bias)):
             if not isinstance(value, bool):
@@ -81,12 +84,14 @@ class AdaQuant(LayerwiseMethod):
         self.iters, self.batch_size, self.lr = iters, batch_size, float(lr)
         self.learn_scale, self.learn_bias = learn_scale, learn_bias
         self.max_samples, self.seed, self.holdout = max_samples, seed, float(holdout)
+        self.inputs = inputs
         self.engine_name, self.device = engine, device
 
     def header(self) -> dict[str, Any]:
         return {
             "iters": self.iters, "learn_scale": self.learn_scale, "learn_bias": self.learn_bias,
             "holdout": self.holdout,
+            "inputs": self.inputs,
         }  # fmt: skip
 
     def learn(

@@ -87,6 +87,9 @@ class AdaRound(LayerwiseMethod):
         there (learned rounding can fit the calibration data and lose on other data).  The
         default 0 judges on the training data: holding data out costs accuracy when
         calibration data is scarce.
+    :param inputs: ``"quantized"`` (default, the paper's): the layer reads its input from the
+        model with every earlier layer quantized, so the rounding also makes up for their
+        error; ``"float"``: from the float model (one model pass per layer instead of two).
     :param seed: the sample order and mini-batches; the same seed gives the same codes.
     :param engine: the compute engine (default: the first with autograd, torch); ``device``
         its device (``"cpu"``, ``"cuda"``).  Both default to ``options["engine"]`` /
@@ -105,24 +108,27 @@ class AdaRound(LayerwiseMethod):
         lr: float = 1e-2,
         max_samples: int = 1024,
         holdout: float = 0.0,
+        inputs: str = "quantized",
         seed: int = 0,
         engine: str | None = None,
         device: str | None = None,
     ) -> None:
         check_options(
             self.name, iters=iters, batch_size=batch_size, lam=lam, warmup=warmup, lr=lr,
-            max_samples=max_samples, holdout=holdout, seed=seed,
+            max_samples=max_samples, holdout=holdout, inputs=inputs, seed=seed,
         )  # fmt: skip
         self.iters, self.batch_size, self.lam = iters, batch_size, float(lam)
         self.beta = _pair("beta", beta)
         self.warmup, self.lr = float(warmup), float(lr)
         self.max_samples, self.seed, self.holdout = max_samples, seed, float(holdout)
+        self.inputs = inputs
         self.engine_name, self.device = engine, device
 
     def header(self) -> dict[str, Any]:
         return {
             "iters": self.iters, "lam": self.lam, "beta": list(self.beta),
             "holdout": self.holdout,
+            "inputs": self.inputs,
         }  # fmt: skip
 
     def learn(

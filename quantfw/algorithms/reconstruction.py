@@ -75,6 +75,8 @@ def check_options(algo: str, **values: Any) -> None:
         v = values["holdout"]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 0.5:
             raise bad("holdout", "a fraction of the data in [0, 0.5]")
+    if "inputs" in values and values["inputs"] not in ("quantized", "float"):
+        raise bad("inputs", "'quantized' (earlier layers quantized) or 'float'")
     if "seed" in values:
         v = values["seed"]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -240,18 +242,25 @@ def gather(
     max_samples: int,
     seed: int,
     holdout: float = 0.0,
+    inputs: str = "quantized",
 ) -> LayerData | None:
     """The layer's data from the calibration batches (at most ``max_samples`` samples), moved
     into ``engine`` in a random order fixed by ``seed``, the last ``holdout`` fraction of it
     held out (:attr:`LayerData.held`; none when that would be fewer than :data:`MIN_HELD`
-    entries, too few to judge by); ``None`` when no batch reached it."""
+    entries, too few to judge by); ``None`` when no batch reached it.
+
+    ``inputs="quantized"`` (the paper's asymmetric reconstruction) reads the layer's input from
+    the model with every earlier layer quantized; ``"float"`` from the float model (then only
+    the layer's own input quantizer applies, and no quantized pass is run)."""
     ir = p.input_recipe
     act = fused_activation(ctx, p.node.name)
     token_rows = _token_rows(p)
     xs: list[np.ndarray] = []
     ts: list[np.ndarray] = []
     n = 0
-    pairs_iter = p.input_pairs()
+    pairs_iter = (
+        p.input_pairs() if inputs == "quantized" else ((x, x) for x in p.inputs(quantized=False))
+    )
     for x_float, x_quant in pairs_iter:
         take = min(len(x_float), max_samples - n)
         x_float, x_quant = x_float[:take], x_quant[:take]
@@ -357,6 +366,7 @@ class LayerwiseMethod:
     max_samples: int
     seed: int
     holdout: float = 0.0
+    inputs: str = "quantized"
 
     def header(self) -> dict[str, Any]:
         """The options recorded in ``recipe.provenance[name]``."""
@@ -382,7 +392,7 @@ class LayerwiseMethod:
                 continue
             data = gather(
                 ctx, p, engine, max_samples=self.max_samples, seed=self.seed + index,
-                holdout=self.holdout,
+                holdout=self.holdout, inputs=self.inputs,
             )  # fmt: skip
             if data is None:
                 ctx.warn(

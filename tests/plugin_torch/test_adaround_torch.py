@@ -332,3 +332,39 @@ def test_the_held_out_check_keeps_nearest_where_learned_rounding_only_fits_the_d
     assert e["kept"] == "nearest" and e["held_out_learned"] >= e["held_out_nearest"]
     assert "w" not in checked.recipe.weights
     assert reconstruction_mse(checked, fresh) == reconstruction_mse(near, fresh)
+
+
+def _mlp() -> QuantGraph:
+    rng = np.random.default_rng(0)
+    return QuantGraph(
+        [
+            Node("fc1", "linear", ["x"], ["h"], weights={"weight": "w1"}),
+            Node("relu", "relu", ["h"], ["a"]),
+            Node("fc2", "linear", ["a"], ["y"], weights={"weight": "w2"}),
+        ],
+        ["x"],
+        ["y"],
+        {
+            "w1": (rng.normal(size=(48, 64)) / 8).astype(np.float32),
+            "w2": (rng.normal(size=(16, 48)) / 7).astype(np.float32),
+        },
+        name="mlp",
+    )
+
+
+@pytest.mark.parametrize("inputs", ["quantized", "float"])
+def test_inputs_option_says_whether_earlier_layers_rounding_reaches_a_layer(inputs):
+    """fc1 at 4 or 2 bits changes fc2's quantized-model input, so with ``inputs="quantized"``
+    fc2 learns different codes; with ``"float"`` fc2 reads the float model and learns the
+    same codes whatever fc1's rounding."""
+    x = rows(1)
+    codes = []
+    for fc1_bits in (4, 2):
+        res = quantfw.quantize(
+            _mlp(), x, target="generic",
+            algorithms=["none", ("adaround", {"iters": 60, "inputs": inputs})],
+            overrides={"weight": {"bits": 4}, "layers": {"fc1": {"bits": fc1_bits}}},
+        )  # fmt: skip
+        assert res.recipe.provenance["adaround"]["inputs"] == inputs
+        codes.append(res.recipe.weights["w2"])
+    assert np.array_equal(codes[0], codes[1]) == (inputs == "float")
