@@ -34,7 +34,7 @@ def one_linear() -> QuantGraph:
         (AdaRound, {"beta": "twenty"}, "beta=20:2"),
         (AdaRound, {"seed": -1}, "option seed=-1 must be an integer >= 0"),
         (AdaRound, {"holdout": 0.9}, r"option holdout=0.9 must be a fraction of the data in"),
-        (AdaRound, {"inputs": "fp32"}, r"option inputs='fp32' must be 'quantized' \(earlier"),
+        (AdaRound, {"inputs": "fp32"}, r"option inputs='fp32' must be 'auto', 'quantized' \(earlier"),
         (AdaQuant, {"holdout": -0.1}, r"adaquant: option holdout=-0.1 must be a fraction"),
         (AdaQuant, {"max_samples": 0}, "adaquant: option max_samples=0 must be a positive"),
         (AdaQuant, {"learn_scale": "yes"}, "adaquant: option learn_scale='yes' must be true or"),

@@ -51,8 +51,9 @@ class AdaQuant(LayerwiseMethod):
     :param holdout: the fraction of each layer's data held out of the fitting; the result is
         kept only when it also beats round-to-nearest there (default 0: judged on the
         training data).
-    :param inputs: ``"quantized"`` (default): inputs with every earlier layer quantized;
-        ``"float"``: the float model's.
+    :param inputs: ``"quantized"``: inputs with every earlier layer quantized; ``"float"``:
+        the float model's; ``"auto"`` (default): float for linear layers on sequences, quantized
+        otherwise (see :class:`~quantfw.algorithms.adaround.AdaRound`).
     :param seed: the sample order and mini-batches.
     :param engine: the compute engine (default: the first with autograd, torch); ``device``
         its device.
@@ -69,7 +70,7 @@ class AdaQuant(LayerwiseMethod):
         learn_bias: bool = True,
         max_samples: int = 1024,
         holdout: float = 0.0,
-        inputs: str = "quantized",
+        inputs: str = "auto",
         seed: int = 0,
         engine: str | None = None,
         device: str | None = None,
@@ -158,7 +159,7 @@ class AdaQuant(LayerwiseMethod):
         codes = np.rint(position)
         w_new, moved = on_grid(codes, position, new_params, spec)
         b_new = None if d is None else engine.to_numpy(engine.detach(bias(d))).astype(np.float32)
-        act = data.act
+        act, data_inputs = data.act, data.inputs
         after = data.full_loss(w_new, b_new)
         after_held = data.full_loss(w_new, b_new, held_out=True) if data.held else None
         del data, u, r, d, opt  # release the layer's engine memory
@@ -174,6 +175,7 @@ class AdaQuant(LayerwiseMethod):
             "scale_changed": float(np.max(np.abs(new_scale / params.scale - 1.0))),
             "pair_limit_moved": moved,
             "activation": None if act is None else act[0].value,
+            "inputs": data_inputs,
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if after_held is not None:

@@ -75,8 +75,8 @@ def check_options(algo: str, **values: Any) -> None:
         v = values["holdout"]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 0.5:
             raise bad("holdout", "a fraction of the data in [0, 0.5]")
-    if "inputs" in values and values["inputs"] not in ("quantized", "float"):
-        raise bad("inputs", "'quantized' (earlier layers quantized) or 'float'")
+    if "inputs" in values and values["inputs"] not in ("auto", "quantized", "float"):
+        raise bad("inputs", "'auto', 'quantized' (earlier layers quantized) or 'float'")
     if "seed" in values:
         v = values["seed"]
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -148,6 +148,8 @@ class LayerData:
     :ivar per_sample: entries of ``x``'s axis 0 per calibration sample (1, or the average
         number of token rows of a sample when the input is flattened); a batch of ``n``
         samples takes ``n * per_sample`` entries.
+    :ivar inputs: where ``x`` came from: ``"quantized"`` (the model with earlier layers
+        quantized) or ``"float"`` (the float model).
     :ivar held: the last ``held`` entries (of the shuffled data) are held out: mini-batches
         never draw them, and :meth:`full_loss` can score them alone, so the method keeps a
         learned weight only when it also lowers the error on data it was not fitted to.
@@ -165,6 +167,7 @@ class LayerData:
     bias: Any | None
     per_sample: float = 1.0
     held: int = 0
+    inputs: str = "quantized"
 
     @property
     def entries(self) -> int:
@@ -242,7 +245,7 @@ def gather(
     max_samples: int,
     seed: int,
     holdout: float = 0.0,
-    inputs: str = "quantized",
+    inputs: str = "auto",
 ) -> LayerData | None:
     """The layer's data from the calibration batches (at most ``max_samples`` samples), moved
     into ``engine`` in a random order fixed by ``seed``, the last ``holdout`` fraction of it
@@ -251,7 +254,10 @@ def gather(
 
     ``inputs="quantized"`` (the paper's asymmetric reconstruction) reads the layer's input from
     the model with every earlier layer quantized; ``"float"`` from the float model (then only
-    the layer's own input quantizer applies, and no quantized pass is run)."""
+    the layer's own input quantizer applies, and no quantized pass is run); ``"auto"`` is
+    ``"float"`` for a linear layer on sequences (its input has 3 or more dimensions: a
+    transformer's projections and MLP, where learning to cancel the earlier layers' error
+    misfires through attention and LayerNorm) and ``"quantized"`` otherwise."""
     ir = p.input_recipe
     act = fused_activation(ctx, p.node.name)
     token_rows = _token_rows(p)
@@ -259,11 +265,16 @@ def gather(
     ts: list[np.ndarray] = []
     n = 0
     pairs_iter = (
-        p.input_pairs() if inputs == "quantized" else ((x, x) for x in p.inputs(quantized=False))
+        ((x, x) for x in p.inputs(quantized=False)) if inputs == "float" else p.input_pairs()
     )
+    used = inputs
     for x_float, x_quant in pairs_iter:
         take = min(len(x_float), max_samples - n)
         x_float, x_quant = x_float[:take], x_quant[:take]
+        if inputs == "auto":
+            used = "float" if token_rows and x_float.ndim > 2 else "quantized"
+            if used == "float":
+                x_quant = x_float
         if ir is not None:
             x_quant = fake_quantize(x_quant, ir.params, ir.spec)  # type: ignore[arg-type]
         target = _apply(np, p.output(x_float), act)
@@ -298,6 +309,7 @@ def gather(
         bias=None if p.bias is None else engine.asarray(p.bias),
         per_sample=entries / n,
         held=held if (held := int(entries * holdout)) >= MIN_HELD else 0,
+        inputs=used,
     )
 
 
@@ -366,7 +378,7 @@ class LayerwiseMethod:
     max_samples: int
     seed: int
     holdout: float = 0.0
-    inputs: str = "quantized"
+    inputs: str = "auto"
 
     def header(self) -> dict[str, Any]:
         """The options recorded in ``recipe.provenance[name]``."""

@@ -352,19 +352,33 @@ def _mlp() -> QuantGraph:
     )
 
 
-@pytest.mark.parametrize("inputs", ["quantized", "float"])
-def test_inputs_option_says_whether_earlier_layers_rounding_reaches_a_layer(inputs):
-    """fc1 at 4 or 2 bits changes fc2's quantized-model input, so with ``inputs="quantized"``
-    fc2 learns different codes; with ``"float"`` fc2 reads the float model and learns the
-    same codes whatever fc1's rounding."""
+@pytest.mark.parametrize(
+    ("inputs", "sequences", "used"),
+    [
+        ("quantized", False, "quantized"),
+        ("float", False, "float"),
+        ("auto", False, "quantized"),  # rows: as the paper does
+        ("auto", True, "float"),  # sequences: the transformer case
+        ("quantized", True, "quantized"),
+    ],
+)
+def test_inputs_option_says_whether_earlier_layers_rounding_reaches_a_layer(
+    inputs, sequences, used
+):
+    """fc1 at 4 or 2 bits changes fc2's quantized-model input, so from quantized inputs fc2
+    learns different codes; from float inputs it reads the float model and learns the same
+    codes whatever fc1's rounding.  ``auto`` takes float inputs for sequences only."""
     x = rows(1)
+    if sequences:
+        x = x.reshape(64, 8, 64)
     codes = []
     for fc1_bits in (4, 2):
         res = quantfw.quantize(
             _mlp(), x, target="generic",
-            algorithms=["none", ("adaround", {"iters": 60, "inputs": inputs})],
+            algorithms=["none", ("adaround", {"iters": 60, "batch_size": 8, "inputs": inputs})],
             overrides={"weight": {"bits": 4}, "layers": {"fc1": {"bits": fc1_bits}}},
         )  # fmt: skip
-        assert res.recipe.provenance["adaround"]["inputs"] == inputs
+        record = res.recipe.provenance["adaround"]
+        assert record["inputs"] == inputs and record["layers"]["fc2"]["inputs"] == used
         codes.append(res.recipe.weights["w2"])
-    assert np.array_equal(codes[0], codes[1]) == (inputs == "float")
+    assert np.array_equal(codes[0], codes[1]) == (used == "float")
