@@ -140,9 +140,11 @@ def _runner(session_or_fn: Any) -> Callable[[Mapping[str, np.ndarray]], np.ndarr
     if hasattr(session_or_fn, "get_inputs") and hasattr(session_or_fn, "run"):
         sess = session_or_fn
         names = [i.name for i in sess.get_inputs()]
+        outputs = [o.name for o in sess.get_outputs()]
+        output = OUTPUT if OUTPUT in outputs else outputs[0]  # a torch capture names it its own way
 
         def run(feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-            return sess.run([OUTPUT], {n: feeds[n] for n in names})[0]
+            return sess.run([output], {n: feeds[n] for n in names})[0]
 
         return run
     if not callable(session_or_fn):
