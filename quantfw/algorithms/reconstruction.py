@@ -264,17 +264,11 @@ def gather(
     xs: list[np.ndarray] = []
     ts: list[np.ndarray] = []
     n = 0
-    pairs_iter = (
-        ((x, x) for x in p.inputs(quantized=False)) if inputs == "float" else p.input_pairs()
-    )
-    used = inputs
+    used = inputs if inputs != "auto" else _auto_inputs(p, token_rows)
+    pairs_iter = ((x, x) for x in p.inputs(quantized=False)) if used == "float" else p.input_pairs()
     for x_float, x_quant in pairs_iter:
         take = min(len(x_float), max_samples - n)
         x_float, x_quant = x_float[:take], x_quant[:take]
-        if inputs == "auto":
-            used = "float" if token_rows and x_float.ndim > 2 else "quantized"
-            if used == "float":
-                x_quant = x_float
         if ir is not None:
             x_quant = fake_quantize(x_quant, ir.params, ir.spec)  # type: ignore[arg-type]
         target = _apply(np, p.output(x_float), act)
@@ -311,6 +305,21 @@ def gather(
         held=held if (held := int(entries * holdout)) >= MIN_HELD else 0,
         inputs=used,
     )
+
+
+def _auto_inputs(p: LayerProblem, token_rows: bool) -> str:
+    """``inputs="auto"``: ``"float"`` for a linear layer whose input has 3 or more dimensions
+    (read from the first calibration batch of the float model), else ``"quantized"``."""
+    if not token_rows:
+        return "quantized"
+    batches = p.inputs(quantized=False)
+    try:
+        first = next(iter(batches), None)
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+    return "float" if first is not None and np.ndim(first) > 2 else "quantized"
 
 
 def _token_rows(p: LayerProblem) -> bool:
