@@ -10,7 +10,9 @@ output.  For each layer this module
   it (``input_recipe``), and the target, the *float* layer's output on the *float* model's
   input, through the activation the runtime fuses into the layer (ReLU, Clip) if any.  This is
   the paper's "asymmetric reconstruction": the learned rounding also makes up for the error
-  earlier layers left in the input (AdaRound, sec. 4; QDrop and BRECQ use the same target);
+  earlier layers left in the input (AdaRound, sec. 4; QDrop and BRECQ use the same target).
+  Linear layers on sequences (transformers) read the float model's input instead by default
+  (``inputs="auto"``, see :func:`gather`);
 * measures the reconstruction loss, ``sum over output channels, mean over the other positions``
   of the squared error (the loss of the AdaRound reference code and BRECQ, so that the
   regulariser weight ``0.01`` of the paper keeps its meaning);
@@ -140,7 +142,8 @@ class LayerData:
     sentences (not whole sentences, whose tokens are alike), and calibration batches of
     different lengths join.  Other layers keep whole samples on axis 0.
 
-    :ivar x: the quantized model's input, fake-quantized as the layer reads it.
+    :ivar x: the layer's input (from the model with earlier layers quantized, or from the float
+        model: :attr:`inputs`), fake-quantized as the layer reads it.
     :ivar target: the float layer's output on the float model's input (fused activation applied).
     :ivar samples: calibration samples; ``rows`` the rows of the layer's input matrix
         (samples times output positions: tokens, pixels); ``features`` its columns (the
