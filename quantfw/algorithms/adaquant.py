@@ -26,7 +26,14 @@ import numpy as np
 from ..numerics import broadcast_params, fake_quantize
 from ..spec import Granularity, QuantParams
 from .calibrate import bias_params
-from .reconstruction import LayerData, LayerwiseMethod, check_options, nearest_codes, on_grid
+from .reconstruction import (
+    LayerData,
+    LayerwiseMethod,
+    check_options,
+    nearest_codes,
+    on_grid,
+    verdict,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..api.context import StageContext
@@ -103,9 +110,7 @@ class AdaQuant(LayerwiseMethod):
         assert wr is not None and wr.params is not None
         params, spec = wr.params, wr.spec
         t0 = time.perf_counter()
-        nearest_w = fake_quantize(p.weight, params, spec)
-        before = data.full_loss(nearest_w)
-        before_held = data.full_loss(nearest_w, held_out=True) if data.held else None
+        before = data.score(fake_quantize(p.weight, params, spec))
 
         xp = engine.xp
         scale_full, zp_full = broadcast_params(params, spec, p.weight.shape)
@@ -159,14 +164,12 @@ class AdaQuant(LayerwiseMethod):
         codes = np.rint(position)
         w_new, moved = on_grid(codes, position, new_params, spec)
         b_new = None if d is None else engine.to_numpy(engine.detach(bias(d))).astype(np.float32)
-        act, data_inputs = data.act, data.inputs
-        after = data.full_loss(w_new, b_new)
-        after_held = data.full_loss(w_new, b_new, held_out=True) if data.held else None
+        better, losses = verdict(before, data.score(w_new, b_new))
+        described = data.describe()
         del data, u, r, d, opt  # release the layer's engine memory
 
         entry: dict[str, Any] = {
-            "loss_nearest": before,
-            "loss_learned": after,
+            **losses,
             "codes_changed": float(
                 np.mean(
                     nearest_codes(w_new, new_params, spec) != nearest_codes(p.weight, params, spec)
@@ -174,13 +177,10 @@ class AdaQuant(LayerwiseMethod):
             ),
             "scale_changed": float(np.max(np.abs(new_scale / params.scale - 1.0))),
             "pair_limit_moved": moved,
-            "activation": None if act is None else act[0].value,
-            "inputs": data_inputs,
+            **described,
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        if after_held is not None:
-            entry["held_out_nearest"], entry["held_out_learned"] = before_held, after_held
-        if after < before if after_held is None else after_held < before_held:
+        if better:
             wr.params = new_params
             p.set_weight(w_new)
             if b_new is not None:
@@ -190,7 +190,9 @@ class AdaQuant(LayerwiseMethod):
             entry["kept"] = "nearest"
             entry["codes_changed"] = 0.0
         ctx.progress(
-            f"{self.name} {name}: loss {before:.3g} -> {after:.3g}", self.iters, self.iters
+            f"{self.name} {name}: loss {before.loss:.3g} -> {losses['loss_learned']:.3g}",
+            self.iters,
+            self.iters,
         )
         return entry
 

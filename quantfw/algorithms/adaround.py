@@ -37,6 +37,7 @@ from .reconstruction import (
     grid_position,
     nearest_codes,
     on_grid,
+    verdict,
 )
 from .soft_rounding import SoftRounding, beta_schedule
 
@@ -143,9 +144,7 @@ class AdaRound(LayerwiseMethod):
         params, spec = wr.params, wr.spec
         t0 = time.perf_counter()
         nearest = nearest_codes(p.weight, params, spec)
-        nearest_w = fake_quantize(p.weight, params, spec)  # nearest, as deployed
-        before = data.full_loss(nearest_w)
-        before_held = data.full_loss(nearest_w, held_out=True) if data.held else None
+        before = data.score(fake_quantize(p.weight, params, spec))  # nearest, as deployed
         sr = SoftRounding(engine, p.weight, params, spec)
         opt = engine.optimizer([sr.v], lr=self.lr)
         rng = np.random.default_rng([self.seed, index])
@@ -165,28 +164,23 @@ class AdaRound(LayerwiseMethod):
         position = grid_position(p.weight, params, spec)
         learned = np.rint(grid_position(sr.hard_weight(), params, spec)).astype(np.int64)
         weight, moved = on_grid(learned, position, params, spec)
-        act, data_inputs = data.act, data.inputs
-        after = data.full_loss(weight)
-        after_held = data.full_loss(weight, held_out=True) if data.held else None
-        del data, sr, opt  # release the layer's engine memory before the next layer
+        better, losses = verdict(before, data.score(weight))
         entry: dict[str, Any] = {
-            "loss_nearest": before,
-            "loss_learned": after,
+            **losses,
             "codes_changed": float(np.mean(nearest_codes(weight, params, spec) != nearest)),
             "pair_limit_moved": moved,
-            "activation": None if act is None else act[0].value,
-            "inputs": data_inputs,
+            **data.describe(),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        if after_held is not None:
-            entry["held_out_nearest"], entry["held_out_learned"] = before_held, after_held
-        better = after < before if after_held is None else after_held < before_held
+        del data, sr, opt  # release the layer's engine memory before the next layer
         if better:
             p.set_weight(weight)
         else:  # the attempt is recorded, the deployed codes are nearest's
             entry["kept"] = "nearest"
             entry["codes_changed"] = 0.0
         ctx.progress(
-            f"{self.name} {name}: loss {before:.3g} -> {after:.3g}", self.iters, self.iters
+            f"{self.name} {name}: loss {before.loss:.3g} -> {losses['loss_learned']:.3g}",
+            self.iters,
+            self.iters,
         )
         return entry

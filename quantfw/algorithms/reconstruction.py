@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LayerData",
+    "Score",
+    "verdict",
     "LayerwiseMethod",
     "check_options",
     "fused_activation",
@@ -132,6 +134,25 @@ def output_channels(p: LayerProblem) -> int:
     return int(p.weight.shape[axis % p.weight.ndim])
 
 
+@dataclass(frozen=True)
+class Score:
+    """A weight's reconstruction loss over all of a layer's data, and over its held-out part
+    (``None`` when none is held out)."""
+
+    loss: float
+    held_out: float | None
+
+
+def verdict(nearest: Score, learned: Score) -> tuple[bool, dict[str, float]]:
+    """Whether the learned weight beats nearest rounding -- on the held-out data when there is
+    some, else on all of it -- and the comparison's provenance fields."""
+    fields = {"loss_nearest": nearest.loss, "loss_learned": learned.loss}
+    if learned.held_out is None or nearest.held_out is None:
+        return learned.loss < nearest.loss, fields
+    fields.update(held_out_nearest=nearest.held_out, held_out_learned=learned.held_out)
+    return learned.held_out < nearest.held_out, fields
+
+
 @dataclass
 class LayerData:
     """One layer's reconstruction data in engine memory, in a fixed random order.
@@ -218,6 +239,18 @@ class LayerData:
             n = min(chunk, self.entries - s)
             total += float(eng.to_numpy(eng.detach(part))) * n
         return total / (self.entries - first)
+
+    def score(self, weight: np.ndarray, bias: np.ndarray | None = None) -> Score:
+        """:meth:`full_loss` over all the data and, when some is held out, over that part."""
+        held = self.full_loss(weight, bias, held_out=True) if self.held else None
+        return Score(self.full_loss(weight, bias), held)
+
+    def describe(self) -> dict[str, Any]:
+        """The provenance fields that say what the layer was learned from."""
+        return {
+            "activation": None if self.act is None else self.act[0].value,
+            "inputs": self.inputs,
+        }
 
     def too_few(self) -> str | None:
         """A warning when the data cannot pin the weights down: fewer rows of the input matrix
