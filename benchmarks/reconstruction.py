@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                     "seq": args.seq,
                     "layers": None
                     if args.embedding_bits == "same"
-                    else {"*embeddings*": {"bits": int(args.embedding_bits)}},
+                    else {"*embedding*": {"bits": int(args.embedding_bits)}},
                 }
             )
             pad = "padded per batch" if sub.seq is None else f"{sub.seq} tokens"

@@ -23,14 +23,22 @@ Attributes a frontend should fill where they apply (all optional, all plain Pyth
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 import numpy as np
 
-__all__ = ["OpKind", "Node", "QuantGraph", "GraphError"]
+__all__ = [
+    "OpKind",
+    "Node",
+    "QuantGraph",
+    "GraphError",
+    "SHAPE_OPS",
+    "shape_tensors",
+    "with_shape_producers",
+]
 
 
 class GraphError(ValueError):
@@ -229,3 +237,37 @@ class QuantGraph:
         for n in self.nodes:
             counts[n.op.value] = counts.get(n.op.value, 0) + 1
         return counts
+
+
+#: Source ops whose output is a tensor's shape, not an activation.
+SHAPE_OPS = frozenset({"Shape", "Size"})
+
+
+def shape_tensors(graph: QuantGraph) -> set[str]:
+    """Tensors that hold shapes, not activations: the outputs of ``Shape``/``Size`` nodes and of
+    every node that reads nothing but such tensors and constants (the arithmetic a traced
+    ``x.flatten(1)`` does on the batch size)."""
+    consts = set(graph.initializers)
+    shapes: set[str] = set()
+    for n in graph.nodes:
+        reads = [t for t in n.inputs if t not in consts]
+        if n.source_op in SHAPE_OPS or (reads and all(t in shapes for t in reads)):
+            shapes.update(n.outputs)
+    return shapes
+
+
+def with_shape_producers(graph: QuantGraph, nodes: Sequence[str]) -> list[str]:
+    """``nodes`` and, in graph order, the nodes that compute the shape tensors they read
+    (recursively): a block computes its reshapes' sizes from the model's inputs itself, as the
+    model does, instead of reading a shape as if it were an activation."""
+    shapes = shape_tensors(graph)
+    producer = {t: n for n in graph.nodes for t in n.outputs}
+    members = set(nodes)
+    todo = [t for n in nodes for t in graph.node(n).inputs if t in shapes]
+    while todo:
+        p = producer.get(todo.pop())
+        if p is None or p.name in members:
+            continue
+        members.add(p.name)
+        todo.extend(t for t in p.inputs if t in shapes)
+    return [n.name for n in graph.nodes if n.name in members]

@@ -7,13 +7,15 @@ inputs to the outputs passes through that tensor.  The nodes between two cut poi
 segment: a residual block (its skip tensor stays live across the branch, identity or
 projection), the branches of a concat, a transformer sublayer from its LayerNorm to the
 residual add.  A segment without a weighted layer that is only elementwise activations
-(ReLU, GELU, …) joins the segment before it, so a block's output is taken after its
-activation; other weight-free segments (pooling, reshapes) stay apart and are not
+(ReLU, GELU, …) or a LayerNorm joins the segment before it, so a block's output is taken after
+its activation, or after the LayerNorm that ends a post-norm transformer sublayer; other weight-free segments (pooling, reshapes) stay apart and are not
 reconstructed.  A segment with more weighted layers than ``max_layers`` is split, in graph
 order, into runs of at most ``max_layers`` layers (such a piece may have several inputs and
 outputs, which the block contract allows).  Tensors that hold shapes (``Shape`` and the
 arithmetic on it that a traced ``x.flatten(1)`` leaves in the graph) are not activations and
-do not count as live.
+do not count as live; nor do *side* tensors, derived from the model's inputs by weight-free
+nodes alone (the attention mask a transformer's every layer reads), so a transformer's
+sublayers are blocks of their own.
 
 **User blocks.**  ``blocks=[["layer1.*"], ["conv3", "relu3"]]``: each list is one block, its
 entries node names or fnmatch patterns.  Weighted layers in no user block are reconstructed
@@ -25,9 +27,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
 
-from ..graph import OpKind, QuantGraph
+from ..graph import SHAPE_OPS, OpKind, QuantGraph, shape_tensors
 
-__all__ = ["ACTIVATION_KINDS", "SHAPE_OPS", "auto_blocks", "shape_tensors", "user_blocks"]
+__all__ = [
+    "ACTIVATION_KINDS",
+    "JOINING_KINDS",
+    "SHAPE_OPS",
+    "auto_blocks",
+    "shape_tensors",
+    "side_tensors",
+    "user_blocks",
+]
 
 #: Weight-free elementwise ops that join the block before them.
 ACTIVATION_KINDS = frozenset(
@@ -44,27 +54,31 @@ ACTIVATION_KINDS = frozenset(
 )
 
 
-#: Source ops whose output is a tensor's shape, not an activation.
-SHAPE_OPS = frozenset({"Shape", "Size"})
+#: Weight-free ops whose segment joins the block before them: elementwise activations, and the
+#: LayerNorm that ends a post-norm transformer sublayer (``LN(x + f(x))``), so the block's output
+#: is what the next layers read, not the raw residual sum with its outlier channels.
+JOINING_KINDS = ACTIVATION_KINDS | {OpKind.LAYERNORM}
 
 
-def shape_tensors(graph: QuantGraph) -> set[str]:
-    """Tensors that hold shapes, not activations: the outputs of ``Shape``/``Size`` nodes and of
-    every node that reads nothing but such tensors and constants (the arithmetic a traced
-    ``x.flatten(1)`` does on the batch size)."""
+def side_tensors(graph: QuantGraph) -> set[str]:
+    """Tensors derived from the model's inputs by weight-free nodes alone -- an attention mask
+    made from ``attention_mask``, position ids -- which many blocks read as they are: not the
+    inputs themselves, nor anything a weighted layer's output reaches."""
     consts = set(graph.initializers)
-    shapes: set[str] = set()
+    side: set[str] = set()
+    base = set(graph.inputs)
     for n in graph.nodes:
         reads = [t for t in n.inputs if t not in consts]
-        if n.source_op in SHAPE_OPS or (reads and all(t in shapes for t in reads)):
-            shapes.update(n.outputs)
-    return shapes
+        if not n.weights and reads and all(t in base or t in side for t in reads):
+            side.update(n.outputs)
+    return side
 
 
 def _segments(graph: QuantGraph) -> list[list[str]]:
-    """The nodes between cut points, in graph order (shape tensors do not count as live)."""
+    """The nodes between cut points, in graph order (shape and side tensors do not count as
+    live)."""
     nodes = graph.nodes
-    consts = set(graph.initializers) | shape_tensors(graph)
+    consts = set(graph.initializers) | shape_tensors(graph) | side_tensors(graph)
     first: dict[str, int] = {t: -1 for t in graph.inputs}
     last: dict[str, int] = {}
     for i, n in enumerate(nodes):
@@ -105,7 +119,7 @@ def auto_blocks(graph: QuantGraph, layers: Iterable[str], max_layers: int = 8) -
     merged: list[list[str]] = []
     for seg in _segments(graph):
         has_layer = any(n in wanted for n in seg)
-        elementwise = all(kinds[n] in ACTIVATION_KINDS for n in seg)
+        elementwise = all(kinds[n] in JOINING_KINDS for n in seg)
         if not has_layer and elementwise and merged and any(n in wanted for n in merged[-1]):
             merged[-1].extend(seg)
         else:

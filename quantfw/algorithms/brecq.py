@@ -49,6 +49,7 @@ import numpy as np
 from .. import pairs
 from ..api.blocks import ProvidesBlocks
 from ..api.layers import LAYER_KINDS
+from .block_data import Group, device_group, fisher_weights, gather
 from .block_partition import auto_blocks, user_blocks
 from .soft_rounding import SoftRounding, beta_schedule
 
@@ -214,13 +215,16 @@ class Brecq:
         block = bp.block
         block.to_device(engine.device)
         names = [ctx.graph.node(n).weights["weight"] for n in layers]
-        data = self._data(ctx, bp)
-        entry: dict[str, Any] = {"nodes": list(bp.nodes), "weights": names}
-        if data is None:
-            ctx.warn(f"{label}: left at nearest rounding: a block input is not a float tensor")
-            return {**entry, "kept": "nearest"}
-        xq, xf, ys, fw = data
-        rows = xq[0].shape[0]
+        groups = gather(bp, floats=self.drop > 0, fisher=self.fisher)
+        entry: dict[str, Any] = {
+            "nodes": list(bp.nodes),
+            "weights": names,
+            "inputs": list(bp.arguments),
+        }
+        if len(groups) > 1:
+            entry["shape_groups"] = len(groups)
+        sizes = np.array([g.rows for g in groups])
+        rows = int(sizes.sum())
         if rows < max(MIN_SAMPLES, self.batch_size):
             ctx.warn(
                 f"{self.name}: {rows} calibration samples to learn the rounding of "
@@ -229,13 +233,15 @@ class Brecq:
                 "use 1024)"
             )
         xp = engine.xp
-        dev = [engine.asarray(a) for a in xq], [engine.asarray(a) for a in ys]
-        dev_w = [engine.asarray(a) for a in fw] if fw is not None else None
+        # QDrop mixes float activations only: not integer ones (token ids), not model inputs
+        mixed = [i < len(bp.inputs) and a.dtype.kind == "f" for i, a in enumerate(groups[0].args)]
+        groups = [device_group(engine, g) for g in groups]
 
-        def weights_at(idx: np.ndarray) -> list[Any] | None:
-            return None if dev_w is None else [w[idx] for w in dev_w]
+        def run(g: Group, idx: np.ndarray, ins: list[Any] | None = None) -> Any:
+            outs = block.module(*(ins if ins is not None else [a[idx] for a in g.args]))
+            weights = None if g.weights is None else [w[idx] for w in g.weights]
+            return self._rec(outs, [y[idx] for y in g.targets], weights)
 
-        dev_f = [engine.asarray(a) for a in xf] if xf is not None else None
         current = block.weights()
         rounding = {}
         for w in names:
@@ -246,11 +252,10 @@ class Brecq:
         def loss_all() -> float:
             total = 0.0
             with nograd():
-                for s in range(0, rows, self.batch_size):
-                    idx = np.arange(s, min(rows, s + self.batch_size))
-                    outs = block.module(*[a[idx] for a in dev[0]])
-                    rec = self._rec(outs, [y[idx] for y in dev[1]], weights_at(idx))
-                    total += float(engine.to_numpy(rec)) * len(idx)
+                for g in groups:
+                    for s in range(0, g.rows, self.batch_size):
+                        idx = np.arange(s, min(g.rows, s + self.batch_size))
+                        total += float(engine.to_numpy(run(g, idx))) * len(idx)
             return total / rows
 
         before = loss_all()
@@ -262,11 +267,15 @@ class Brecq:
             block.set_activation_drop(self.drop, seed=self.seed * 1_000_003 + k)
         every = max(1, self.iters // 20)
         for step in range(self.iters):
-            idx = np.sort(rng.choice(rows, size=min(self.batch_size, rows), replace=False))
-            ins = [a[idx] for a in dev[0]]
-            if dev_f is not None and self.drop > 0:
-                ins = [self._mix(engine, rng, q, f[idx]) for q, f in zip(ins, dev_f, strict=True)]
-            rec = self._rec(block.module(*ins), [y[idx] for y in dev[1]], weights_at(idx))
+            g = groups[0] if len(groups) == 1 else groups[rng.choice(len(groups), p=sizes / rows)]
+            idx = np.sort(rng.choice(g.rows, size=min(self.batch_size, g.rows), replace=False))
+            ins = [a[idx] for a in g.args]
+            if g.floats is not None and self.drop > 0:
+                ins = [
+                    self._mix(engine, rng, q, f[idx]) if mixed[i] else q
+                    for i, (q, f) in enumerate(zip(ins, g.floats, strict=True))
+                ]
+            rec = run(g, idx, ins)
             loss = rec
             beta = beta_schedule(step, self.iters, warmup=self.warmup, start=self.beta[0],
                                  end=self.beta[1])  # fmt: skip
@@ -299,54 +308,6 @@ class Brecq:
         for w, sr in rounding.items():
             ctx.set_quantized_weight(w, sr.hard_weight())
         return {**entry, "kept": "learned"}
-
-    def _data(
-        self, ctx: StageContext, bp: BlockProblem
-    ) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[np.ndarray], Any] | None:
-        """The block's quantized-model inputs, float inputs (QDrop only), float outputs and
-        Fisher weights of the outputs (``fisher`` only) over all calibration batches,
-        concatenated along the batch axis."""
-        xq: list[list[np.ndarray]] = [[] for _ in bp.inputs]
-        ys: list[list[np.ndarray]] = [[] for _ in bp.outputs]
-        for ins, outs in bp.pairs():
-            for i, t in enumerate(bp.inputs):
-                xq[i].append(ins[t])
-            for i, t in enumerate(bp.outputs):
-                ys[i].append(outs[t])
-        xf = None
-        if self.drop > 0:
-            xf = [[] for _ in bp.inputs]
-            for ins in bp.input_batches(quantized=False):
-                for i, t in enumerate(bp.inputs):
-                    xf[i].append(ins[t])
-        if any(b[0].dtype.kind != "f" for b in xq if b):
-            return None
-
-        def cat(lists: list[list[np.ndarray]], names: Sequence[str]) -> list[np.ndarray]:
-            for v, t in zip(lists, names, strict=True):
-                shapes = sorted({a.shape[1:] for a in v})
-                if len(shapes) > 1:
-                    raise ValueError(
-                        f"{self.name}: block {nodes_text(bp.nodes)}: tensor {t!r} has shapes "
-                        f"{shapes} (after the batch axis) in different calibration batches; a "
-                        "block learns from whole samples, so give calibration batches of one "
-                        "shape (pad every sequence to the same length)"
-                    )
-            return [np.concatenate(v, axis=0).astype(np.float32, copy=False) for v in lists]
-
-        fw = None
-        if self.fisher:
-            gs: list[list[np.ndarray]] = [[] for _ in bp.outputs]
-            for grads in bp.output_gradients():
-                for i, t in enumerate(bp.outputs):
-                    gs[i].append(grads[t])
-            fw = [fisher_weights(g) for g in cat(gs, bp.outputs)]
-        return (
-            cat(xq, bp.inputs),
-            None if xf is None else cat(xf, bp.inputs),
-            cat(ys, bp.outputs),
-            fw,
-        )
 
     @staticmethod
     def _rec(outs: Sequence[Any], targets: Sequence[Any], weights: Sequence[Any] | None) -> Any:
@@ -395,17 +356,6 @@ class QDrop(Brecq):
             seed=seed, device=device, blocks=blocks, max_block_layers=max_block_layers,
         )  # fmt: skip
         self.drop = float(p)
-
-
-def fisher_weights(grad: np.ndarray) -> np.ndarray:
-    """Per-element weights ``(1 + |g| / mean|g|) ** 2``, normalised to mean 1 (all ones when the
-    gradient is zero everywhere), float32."""
-    a = np.abs(np.asarray(grad, dtype=np.float64))
-    m = a.mean() if a.size else 0.0
-    if not m > 0:
-        return np.ones(a.shape, dtype=np.float32)
-    w = (1.0 + a / m) ** 2
-    return (w / w.mean()).astype(np.float32)
 
 
 def nodes_text(nodes: Sequence[str]) -> str:

@@ -3,9 +3,9 @@ supply one.
 
 A block is a set of graph nodes; its *inputs* are the activations its nodes read that no node of
 the block computes, its *outputs* the tensors its nodes compute that something outside reads (or
-the graph returns).  Reconstructing it needs what a layer problem cannot give: a differentiable
-module of the whole block, with the recipe's quantizers in it and its weights as trainable
-parameters.  That module is framework-native, so a frontend supplies it through the
+the graph returns), shapes excepted.  Reconstructing it needs what a layer problem cannot give:
+a differentiable module of the whole block, with the recipe's quantizers in it and its weights
+as trainable parameters.  That module is framework-native, so a frontend supplies it through the
 :class:`ProvidesBlocks` capability (the torch frontend does); the core computes the block's
 boundary and streams its inputs and float outputs batch by batch, as for layer problems.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..graph import QuantGraph
+from ..graph import QuantGraph, shape_tensors
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..recipe import Recipe
@@ -48,6 +48,10 @@ class BlockModule:
         has none).
     :ivar drop: the frontend's implementation of :meth:`set_activation_drop` (``None``: none).
     :ivar place: the frontend's implementation of :meth:`to_device` (``None``: CPU only).
+    :ivar model_inputs: graph inputs that the block's computation reads besides its boundary
+        inputs -- a sequence length or mask a captured program takes from the model's input
+        inside the block -- which :attr:`module` takes after the boundary inputs, in this order
+        (the values the model was fed, any dtype; default none).
 
     Learned rounding (BRECQ, QDrop) uses the two hooks: it replaces each weight's fake
     quantizer by its own rounded weight (:meth:`substitute_weight`), and QDrop randomly keeps
@@ -64,6 +68,7 @@ class BlockModule:
     substitute: Callable[[str, Callable[[], Any] | None], None] | None = None
     drop: Callable[[float, int], None] | None = None
     place: Callable[[str], None] | None = None
+    model_inputs: tuple[str, ...] = ()
 
     def substitute_weight(self, name: str, value: Callable[[], Any] | None) -> None:
         """From now on, wherever the block reads the fake-quantized weight ``name`` (an
@@ -171,7 +176,13 @@ def block_boundary(graph: QuantGraph, nodes: Sequence[str]) -> tuple[list[str], 
     inputs = list(dict.fromkeys(t for n in inside for t in n.inputs if t not in produced))
     inputs = [t for t in inputs if t not in graph.initializers]
     read_outside = {t for n in graph.nodes if n.name not in names for t in n.inputs}
-    outputs = [t for n in inside for t in n.outputs if t in read_outside or t in graph.outputs]
+    shapes = shape_tensors(graph)  # sizes, not activations to reconstruct
+    outputs = [
+        t
+        for n in inside
+        for t in n.outputs
+        if (t in read_outside or t in graph.outputs) and t not in shapes
+    ]
     return inputs, outputs
 
 
@@ -189,10 +200,17 @@ class BlockProblem:
     block: BlockModule
     host: LayerHost | None = field(default=None, repr=False, compare=False)
 
+    @property
+    def arguments(self) -> tuple[str, ...]:
+        """What :attr:`BlockModule.module` takes, in order: the boundary :attr:`inputs`, then
+        the model inputs it also reads (:attr:`BlockModule.model_inputs`)."""
+        return self.inputs + tuple(t for t in self.block.model_inputs if t not in self.inputs)
+
     def input_batches(self, *, quantized: bool = True) -> Iterator[dict[str, np.ndarray]]:
-        """The block's inputs per calibration batch: with every quantizer upstream applied as
-        the recipe says now (default), or the float model's."""
-        yield from self._host().collect(self.inputs, quantized=quantized)
+        """The block's :attr:`arguments` per calibration batch: boundary inputs with every
+        quantizer upstream applied as the recipe says now (default), or the float model's;
+        model inputs as fed."""
+        yield from self._host().collect(self.arguments, quantized=quantized)
 
     def output_batches(self, *, quantized: bool = False) -> Iterator[dict[str, np.ndarray]]:
         """The block's outputs per calibration batch: the float model's (default, the usual

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..graph import with_shape_producers
 from ..recipe import Equalization
 from .blocks import BlockProblem, ProvidesBlocks, ProvidesOutputGradients, block_boundary
 from .channel_ranges import ChannelRanges
@@ -290,7 +291,9 @@ class StageContext:
     def block_problem(self, nodes: Sequence[str]) -> BlockProblem:
         """The block of graph nodes ``nodes`` as a :class:`~quantfw.api.blocks.BlockProblem`:
         its boundary, a trainable module of it with the recipe so far inside (built by the
-        frontend), and its data.
+        frontend), and its data.  The nodes computing the shapes the block reads join it
+        (:func:`~quantfw.graph.with_shape_producers`): a block computes its reshapes' sizes
+        from the model's inputs itself.
 
         :raises ValueError: when the frontend cannot build block modules (block-wise
             reconstruction needs one that can: the torch frontend).
@@ -302,8 +305,9 @@ class StageContext:
                 "not available for this model; use a layer-wise method (adaround, adaquant), or "
                 "give quantize() the torch.nn.Module itself (the torch frontend builds them)"
             )
+        nodes = with_shape_producers(self.graph, nodes)
         inputs, outputs = block_boundary(self.graph, nodes)
-        ordered = tuple(n.name for n in self.graph.nodes if n.name in set(nodes))
+        ordered = tuple(nodes)
         block = self.frontend.block_module(
             self.model, self.graph, self.recipe, ordered, inputs, outputs
         )

@@ -243,13 +243,124 @@ def test_qdrop_on_a_transformer_layer_and_user_blocks(kit, tmp_path):
     np.testing.assert_allclose(sim, art, rtol=0, atol=1e-5 * float(np.abs(art).max()))
 
 
-def test_calibration_batches_of_different_lengths_are_refused_with_the_fix():
-    """A block learns from whole samples, so its inputs must stack: sequences of 5 and 7 tokens
-    in different batches get an error naming the tensor and what to do."""
+def test_calibration_batches_of_different_lengths_learn_together():
+    """Sequences of 5 and 7 tokens in different batches (padding per batch) cannot stack, so
+    the block learns from two shape groups, a step drawing from one; the loss over both is
+    what decides, and it is what a run over the same samples in one batch would report."""
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal((16, n, 16)).astype(np.float32) for n in (5, 7)]
-    with pytest.raises(ValueError, match=r"has shapes \[.*\] .*pad every sequence to the same"):
-        quantfw.quantize(
-            TinyEncoder().eval(), batches, target="x86-vnni",
-            algorithms=["none", ("brecq", {**FAST, "blocks": [["*"]]})],
-        )  # fmt: skip
+    algorithms = ["none", ("brecq", {**FAST, "blocks": [["*"]]})]
+    res = quantfw.quantize(TinyEncoder().eval(), batches, target="x86-vnni", algorithms=algorithms)
+    (block,) = res.recipe.provenance["brecq"]["blocks"]
+    assert block["shape_groups"] == 2 and block["kept"] == "learned"
+    assert block["loss_learned"] < block["loss_nearest"]
+    # nearest rounding's loss is the sample-weighted mean over the groups: the same samples
+    # split into 32 batches of one sample give it too
+    singles = [b[i : i + 1] for b in batches for i in range(16)]
+    alone = quantfw.quantize(TinyEncoder().eval(), singles, target="x86-vnni",
+                             algorithms=algorithms)  # fmt: skip
+    (other,) = alone.recipe.provenance["brecq"]["blocks"]
+    assert other["shape_groups"] == 2
+    assert other["loss_nearest"] == pytest.approx(block["loss_nearest"], rel=1e-5)
+
+
+class MaskedTokenEncoder(nn.Module):
+    """Token ids, an attention mask and two transformer layers, written the way Hugging Face
+    BERT is: the additive mask is made once from ``attention_mask`` and read by every layer,
+    and the heads are split with sizes taken from the model input ``ids``."""
+
+    def __init__(self, d: int = 16, vocab: int = 40, heads: int = 2) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.heads = heads
+        self.emb = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "q": nn.Linear(d, d),
+                    "k": nn.Linear(d, d),
+                    "v": nn.Linear(d, d),
+                    "o": nn.Linear(d, d),
+                    "fc1": nn.Linear(d, 2 * d),
+                    "fc2": nn.Linear(2 * d, d),
+                    "ln1": nn.LayerNorm(d),
+                    "ln2": nn.LayerNorm(d),
+                }
+            )  # fmt: skip
+            for _ in range(2)
+        )
+
+    def forward(self, ids, attention_mask):
+        b, s = ids.shape
+        mask = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * -1e4
+        x = self.emb(ids)
+        for lay in self.layers:
+
+            def split(t, lay=lay):
+                return t.view(b, s, self.heads, -1).transpose(1, 2)
+
+            q, k, v = split(lay["q"](x)), split(lay["k"](x)), split(lay["v"](x))
+            a = torch.softmax(q @ k.transpose(-1, -2) * 0.35 + mask, dim=-1) @ v
+            x = lay["ln1"](x + lay["o"](a.transpose(1, 2).reshape(b, s, -1)))
+            x = lay["ln2"](x + lay["fc2"](torch.nn.functional.gelu(lay["fc1"](x))))
+        return x
+
+
+def _token_batches(n=64, s=6, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, 40, size=(n, s)).astype(np.int64)
+    mask = np.ones((n, s), dtype=np.int64)
+    mask[::3, -2:] = 0  # some padded sequences
+    ids[mask == 0] = 0
+    return [{"ids": ids[i : i + 16], "attention_mask": mask[i : i + 16]} for i in range(0, n, 16)]
+
+
+def test_blocks_of_a_masked_encoder_read_model_inputs(kit, tmp_path):
+    """The mask every layer reads does not glue the layers into one block; a block whose head
+    split takes its sizes from the model input ``ids`` computes them itself, from the integer
+    token ids as an input; the artifact computes the simulation."""
+    res = quantfw.quantize(
+        MaskedTokenEncoder().eval(), _token_batches(), target="x86-vnni",
+        algorithms=["none", ("brecq", FAST)], overrides={"weight": {"bits": 4}},
+        output=tmp_path / "m.onnx",
+    )  # fmt: skip
+    g = res.graph
+    blocks = res.recipe.provenance["brecq"]["blocks"]
+    per_block = [[g.node(n).op.value for n in b["nodes"] if g.node(n).op.value == "linear"]
+                 for b in blocks]  # fmt: skip
+    assert per_block == [["linear"] * 4, ["linear"] * 2] * 2  # attention, MLP; per layer
+    for b in blocks[::2]:  # attention: the hidden state, the mask and the ids for the sizes
+        assert len(b["inputs"]) == 3 and "ids" in b["inputs"], b["inputs"]
+    for b in blocks[1::2]:  # MLP: the hidden state alone
+        assert len(b["inputs"]) == 1, b["inputs"]
+    assert all(b["kept"] == "learned" and b["loss_learned"] < b["loss_nearest"] for b in blocks)
+    feeds = _token_batches(8, seed=3)[0]
+    sim = res.simulate()(feeds)[g.outputs[0]]
+    art = kit.ort_run(res.artifact.path, feeds, optimize=False)[0]
+    np.testing.assert_allclose(sim, art, rtol=0, atol=1e-5 * float(np.abs(art).max()))
+
+
+def test_a_block_module_takes_the_model_inputs_its_sizes_come_from():
+    """Given only the activations at its boundary, the attention block's module still reads the
+    sequence sizes from the model input ``ids``: it takes it as an extra argument and computes
+    what the simulated model computes."""
+    from quantfw.api.blocks import block_boundary
+    from quantfw.graph import shape_tensors
+
+    batches = _token_batches(16)
+    res = quantfw.quantize(MaskedTokenEncoder().eval(), batches, target="x86-vnni",
+                           algorithms=["none"])  # fmt: skip
+    g = res.graph
+    linears = [n.name for n in g.nodes if n.op.value == "linear"]
+    nodes = auto_blocks(g, linears)[0]
+    inputs, outputs = block_boundary(g, nodes)
+    activations = [t for t in inputs if t not in shape_tensors(g)]
+    assert len(activations) == 2 and len(outputs) == 1  # the hidden state and the mask
+    block = res.frontend.block_module(res.model, g, res.recipe, nodes, activations, outputs)
+    assert block.model_inputs == ("ids",)
+    (ins,) = res.frontend.collect(res.model, g, activations, batches, recipe=res.recipe)
+    (want,) = res.frontend.collect(res.model, g, outputs, batches, recipe=res.recipe)
+    args = [torch.from_numpy(ins[t]) for t in activations] + [torch.from_numpy(batches[0]["ids"])]
+    (got,) = block.module(*args)
+    w = want[outputs[0]]
+    np.testing.assert_allclose(got.detach().numpy(), w, rtol=0, atol=1e-5 * np.abs(w).max())

@@ -41,8 +41,12 @@ def block_module(
 ) -> BlockModule:
     """The block ``nodes`` of a torch capture as a trainable module (see the module docstring).
 
-    :raises ValueError: when the block's computation reaches a model input that is not among
-        ``inputs`` (a shape read from the model's input, say), so it cannot run on its own.
+    Model inputs that the block's computation reads beyond ``inputs`` (a sequence length taken
+    from ``token_type_ids``, say) become further arguments of the module, after the block's
+    inputs (:attr:`~quantfw.api.BlockModule.model_inputs`).
+
+    :raises ValueError: when the block's computation reaches a placeholder of the captured
+        program that is no model input, so it cannot run on its own.
     """
     from .frontend import _simulated, _weighted, trainable_op
 
@@ -58,6 +62,13 @@ def block_module(
             slots[node.weights["bias"]] = op.bias_fq = WeightSlot(op.bias_fq)
     bound = _simulated(graph, recipe, trainable=ops)
     gm = bound.module
+    missing = [t for t in (*inputs, *outputs) if t not in bound.nodes]
+    if missing:
+        raise ValueError(
+            f"the block {list(nodes)} has boundary tensor(s) {missing} that the captured "
+            "program does not compute as such (a shape the translation made explicit); give a "
+            "block that also holds the nodes computing them"
+        )
     entries = {t: bound.nodes[t] for t in inputs}
     exits = [bound.nodes[t] for t in outputs]
     sub = torch.fx.Graph()
@@ -66,16 +77,25 @@ def block_module(
         env[fx_node] = sub.placeholder(f"block_input_{i}")
         env[fx_node].meta["quantfw_tensor"] = tensor
     needed = _ancestors(exits, stop=set(entries.values()))
-    for n in gm.graph.nodes:
-        if n not in needed or n in env:
-            continue
+    graph_inputs = {bound.nodes[t]: t for t in graph.inputs if t in bound.nodes}
+    model_inputs: list[str] = []
+    body = [n for n in gm.graph.nodes if n in needed and n not in env]
+    for n in body:  # model inputs read beyond the block's inputs (shapes, masks) come last
         if n.op == "placeholder":
-            raise ValueError(
-                f"the block {list(nodes)} reads the model input {n.name!r} beyond its inputs "
-                f"{list(inputs)} (a shape or mask taken from the model's input); choose a block "
-                "whose computation depends on its input tensors only"
-            )
-        env[n] = sub.node_copy(n, lambda a: env[a])
+            tensor = graph_inputs.get(n)
+            if tensor is None:
+                raise ValueError(
+                    f"the block {list(nodes)} reads {n.name!r}, a placeholder of the captured "
+                    "program that is no model input, beyond its inputs "
+                    f"{list(inputs)}; choose a block whose computation depends on its input "
+                    "tensors and the model's inputs only"
+                )
+            env[n] = sub.placeholder(f"model_input_{len(model_inputs)}")
+            env[n].meta["quantfw_tensor"] = tensor
+            model_inputs.append(tensor)
+    for n in body:
+        if n not in env:
+            env[n] = sub.node_copy(n, lambda a: env[a])
     sub.output(tuple(env[e] for e in exits))
     module = torch.fx.GraphModule(gm, sub)
     dropping = _DropState()
@@ -105,6 +125,7 @@ def block_module(
         substitute=substitute,
         drop=dropping.set,
         place=place,
+        model_inputs=tuple(model_inputs),
     )
 
 
