@@ -339,7 +339,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="minilm: bits of the embedding tables (8, NNCF's convention for weight "
         "compression; 'same': the setting's weight bits)",
     )  # fmt: skip
-    (ap.add_argument("--minilm-frontend", choices=("onnx", "torch"), default="onnx"),)
+    ap.add_argument("--minilm-frontend", choices=("onnx", "torch"), default="onnx")
     ap.add_argument("--seed", type=int, default=0, help="algorithms' seed option")
     ap.add_argument("--model-seed", type=int, default=0, help="training seed of the digits ResNet")
     ap.add_argument("--resnet-frontend", choices=("torch", "onnx"), default="torch")

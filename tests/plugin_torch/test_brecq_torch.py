@@ -316,9 +316,10 @@ def _token_batches(n=64, s=6, seed=0):
 
 
 def test_blocks_of_a_masked_encoder_read_model_inputs(kit, tmp_path):
-    """The mask every layer reads does not glue the layers into one block; a block whose head
-    split takes its sizes from the model input ``ids`` computes them itself, from the integer
-    token ids as an input; the artifact computes the simulation."""
+    """The mask every layer reads does not glue the layers into one block; a post-norm
+    sublayer's LayerNorm ends its block; a block whose head split takes its sizes from the
+    model input ``ids`` computes them itself, from the integer token ids as an input; the
+    artifact computes the simulation."""
     res = quantfw.quantize(
         MaskedTokenEncoder().eval(), _token_batches(), target="x86-vnni",
         algorithms=["none", ("brecq", FAST)], overrides={"weight": {"bits": 4}},
@@ -329,6 +330,8 @@ def test_blocks_of_a_masked_encoder_read_model_inputs(kit, tmp_path):
     per_block = [[g.node(n).op.value for n in b["nodes"] if g.node(n).op.value == "linear"]
                  for b in blocks]  # fmt: skip
     assert per_block == [["linear"] * 4, ["linear"] * 2] * 2  # attention, MLP; per layer
+    # post-norm sublayers: each block's output is taken after its LayerNorm, what the next reads
+    assert [g.node(b["nodes"][-1]).op.value for b in blocks] == ["layernorm"] * 4
     for b in blocks[::2]:  # attention: the hidden state, the mask and the ids for the sizes
         assert len(b["inputs"]) == 3 and "ids" in b["inputs"], b["inputs"]
     for b in blocks[1::2]:  # MLP: the hidden state alone
