@@ -19,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     from ..api.blocks import BlockProblem
 
-__all__ = ["Group", "device_group", "fisher_weights", "gather"]
+__all__ = ["Group", "device_group", "gather"]
 
 
 @dataclass
@@ -107,13 +107,6 @@ def _raw_fisher(grads: Sequence[np.ndarray]) -> list[np.ndarray]:
     if not m > 0:
         return [np.ones(x.shape) for x in a]
     return [(1.0 + x / m) ** 2 for x in a]
-
-
-def fisher_weights(grad: np.ndarray) -> np.ndarray:
-    """Per-element weights ``(1 + |g| / mean|g|) ** 2``, normalised to mean 1 (all ones when
-    the gradient is zero everywhere), float32."""
-    (w,) = _raw_fisher([grad])
-    return (w / w.mean() if w.size else w).astype(np.float32)
 
 
 def device_group(engine: Any, g: Group) -> Group:

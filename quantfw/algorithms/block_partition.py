@@ -8,10 +8,11 @@ segment: a residual block (its skip tensor stays live across the branch, identit
 projection), the branches of a concat, a transformer sublayer from its LayerNorm to the
 residual add.  A segment without a weighted layer that is only elementwise activations
 (ReLU, GELU, …) or a LayerNorm joins the segment before it, so a block's output is taken after
-its activation, or after the LayerNorm that ends a post-norm transformer sublayer; other weight-free segments (pooling, reshapes) stay apart and are not
-reconstructed.  A segment with more weighted layers than ``max_layers`` is split, in graph
-order, into runs of at most ``max_layers`` layers (such a piece may have several inputs and
-outputs, which the block contract allows).  Tensors that hold shapes (``Shape`` and the
+its activation, or after the LayerNorm that ends a post-norm transformer sublayer; other
+weight-free segments (pooling, reshapes) stay apart and are not reconstructed.  A segment
+with more weighted layers than ``max_layers`` is split, in graph order, into runs of at most
+``max_layers`` layers (such a piece may have several inputs and outputs, which the block
+contract allows).  Tensors that hold shapes (``Shape`` and the
 arithmetic on it that a traced ``x.flatten(1)`` leaves in the graph) are not activations and
 do not count as live; nor do *side* tensors, derived from the model's inputs by weight-free
 nodes alone (the attention mask a transformer's every layer reads), so a transformer's

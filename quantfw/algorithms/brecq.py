@@ -49,7 +49,7 @@ import numpy as np
 from .. import pairs
 from ..api.blocks import ProvidesBlocks
 from ..api.layers import LAYER_KINDS
-from .block_data import Group, device_group, fisher_weights, gather
+from .block_data import Group, device_group, gather
 from .block_partition import auto_blocks, user_blocks
 from .soft_rounding import SoftRounding, beta_schedule
 
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..api.context import StageContext
     from ..api.engines import Engine
 
-__all__ = ["Brecq", "QDrop", "MIN_SAMPLES", "fisher_weights"]
+__all__ = ["Brecq", "QDrop", "MIN_SAMPLES"]
 
 #: Calibration samples below which learned rounding is warned about (the papers use 1024).
 MIN_SAMPLES = 256
