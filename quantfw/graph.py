@@ -261,9 +261,9 @@ def with_shape_producers(graph: QuantGraph, nodes: Sequence[str]) -> list[str]:
     (recursively): a block computes its reshapes' sizes from the model's inputs itself, as the
     model does, instead of reading a shape as if it were an activation."""
     shapes = shape_tensors(graph)
-    producer = {t: n for n in graph.nodes for t in n.outputs}
+    producer = graph.producers()
     members = set(nodes)
-    todo = [t for n in nodes for t in graph.node(n).inputs if t in shapes]
+    todo = [t for n in graph.nodes if n.name in members for t in n.inputs if t in shapes]
     while todo:
         p = producer.get(todo.pop())
         if p is None or p.name in members:

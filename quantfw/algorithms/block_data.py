@@ -49,40 +49,31 @@ def gather(bp: BlockProblem, *, floats: bool, fisher: bool) -> list[Group]:
     first appearance): quantized-model arguments and float outputs, with the float model's
     arguments when ``floats`` and Fisher weights when ``fisher``."""
     args = bp.arguments
-    keys: list[tuple] = []
-    parts: dict[tuple, list[list[list[np.ndarray]]]] = {}
-    by_batch: list[tuple] = []
-
-    def add(key: tuple, slot: int, arrays: list[np.ndarray]) -> None:
-        lists = parts[key][slot]
-        for i, a in enumerate(arrays):
-            lists[i].append(a)
-
+    keys: list[tuple] = []  # per calibration batch: the shapes after the batch axis
+    xs: list[list[np.ndarray]] = []
+    ys: list[list[np.ndarray]] = []
     for ins, outs in bp.pairs():
-        xs = [np.asarray(ins[t]) for t in args]
-        ys = [np.asarray(outs[t]) for t in bp.outputs]
-        key = tuple(a.shape[1:] for a in (*xs, *ys))
-        if key not in parts:
-            keys.append(key)
-            parts[key] = [[[] for _ in args], [[] for _ in bp.outputs], [[] for _ in args],
-                          [[] for _ in bp.outputs]]  # fmt: skip
-        by_batch.append(key)
-        add(key, 0, xs)
-        add(key, 1, ys)
+        xs.append([np.asarray(ins[t]) for t in args])
+        ys.append([np.asarray(outs[t]) for t in bp.outputs])
+        keys.append(tuple(a.shape[1:] for a in (*xs[-1], *ys[-1])))
+    fs = gs = None
     if floats:
-        for key, ins in zip(by_batch, bp.input_batches(quantized=False), strict=True):
-            add(key, 2, [np.asarray(ins[t]) for t in args])
+        fs = [[np.asarray(ins[t]) for t in args] for ins in bp.input_batches(quantized=False)]
     if fisher:
-        for key, grads in zip(by_batch, bp.output_gradients(), strict=True):
-            add(key, 3, [np.asarray(grads[t]) for t in bp.outputs])
+        gs = [[np.asarray(g[t]) for t in bp.outputs] for g in bp.output_gradients()]
+
+    def stack(per_batch: list[list[np.ndarray]], key: tuple) -> list[np.ndarray]:
+        chosen = [arrays for k, arrays in zip(keys, per_batch, strict=True) if k == key]
+        return _cat([list(column) for column in zip(*chosen, strict=True)])
+
     groups = [
         Group(
-            args=_cat(parts[key][0]),
-            floats=_cat(parts[key][2]) if floats else None,
-            targets=_cat(parts[key][1]),
-            weights=_cat(parts[key][3]) if fisher else None,
+            args=stack(xs, key),
+            floats=None if fs is None else stack(fs, key),
+            targets=stack(ys, key),
+            weights=None if gs is None else stack(gs, key),
         )
-        for key in keys
+        for key in dict.fromkeys(keys)
     ]
     if fisher:  # (1 + |g| / mean|g|) ** 2, the mean over every group's samples
         for i in range(len(bp.outputs)):
